@@ -13,6 +13,7 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -87,7 +88,8 @@ class EmbeddedPostgres:
             pid, port = int(lines[0]), int(lines[3])
         except (FileNotFoundError, IndexError, ValueError):
             return ServerStatus(running=False)
-        if not _is_postgres_process(pid):
+        # A negative pid marks a standalone backend (initdb at work), not a server.
+        if pid <= 0 or not _is_postgres_process(pid):
             return ServerStatus(running=False)
         return ServerStatus(running=True, pid=pid, port=port)
 
@@ -206,9 +208,18 @@ class EmbeddedPostgres:
             return ""
         with open(self.log, errors="replace") as handle:
             handle.seek(offset)
-            lines = [line.rstrip() for line in handle if line.strip()]
-        fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
-        return "; ".join(fatal or lines[-5:])
+            lines = [line.strip() for line in handle if line.strip()]
+        fatal = [i for i, line in enumerate(lines) if "FATAL:" in line or "PANIC:" in line]
+        if not fatal:
+            return "; ".join(_without_prefix(line) for line in lines[-5:])
+        # The FATAL line often only says "contains errors"; the cause is logged just before,
+        # by the same process.
+        last = fatal[-1]
+        pid = _log_pid(lines[last])
+        first = last
+        while first > 0 and _log_pid(lines[first - 1]) == pid and last - first < 4:
+            first -= 1
+        return "; ".join(_without_prefix(line) for line in lines[first : last + 1])
 
     # -- processes --------------------------------------------------------------------------
 
@@ -311,3 +322,16 @@ def _allow_traversal(path: Path) -> None:
         mode = ancestor.stat().st_mode
         if not mode & 0o001:
             ancestor.chmod(mode | 0o001)
+
+
+_LOG_PREFIX = re.compile(r"^\S+ \S+ \S+ \[(\d+)\] ")
+
+
+def _log_pid(line: str) -> str | None:
+    match = _LOG_PREFIX.match(line)
+    return match.group(1) if match else None
+
+
+def _without_prefix(line: str) -> str:
+    """`2026-11-24 02:39:50.860 UTC [4603] LOG:  text` -> `LOG: text`."""
+    return re.sub(r"\s+", " ", _LOG_PREFIX.sub("", line))

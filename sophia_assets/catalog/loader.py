@@ -39,6 +39,8 @@ class LoadedFiles:
     collections: dict[str, Collection] = field(default_factory=dict)
     materializations: dict[str, Materialization] = field(default_factory=dict)
     issues: list[CatalogIssue] = field(default_factory=list)
+    # Names defined, but too broken to load; references to them are not reported again.
+    broken: set[str] = field(default_factory=set)
 
 
 def entry_files(root: Path) -> list[Path]:
@@ -98,7 +100,8 @@ def _load_file(file: Path, loaded: LoadedFiles) -> list[Path]:
             continue
         for name, spec in definitions.items():
             if any(path == (section, name)[: len(path)] for path in broken):
-                continue  # its shape is wrong; already reported
+                loaded.broken.add(name)  # its shape is wrong; already reported
+                continue
             _add_definition(file, section, name, spec, loaded)
     return imports
 
@@ -142,7 +145,9 @@ def _add_definition(
         loaded.materializations[name] = Materialization(name, file, connector, bindings)
     else:
         collection = _collection(file, name, spec, loaded)
-        if collection is not None:
+        if collection is None:
+            loaded.broken.add(name)
+        else:
             loaded.collections[name] = collection
 
 

@@ -60,7 +60,7 @@ def _names(loaded: LoadedFiles) -> Iterator[CatalogIssue]:
 
 def _references(loaded: LoadedFiles) -> Iterator[CatalogIssue]:
     def problem(reference: str, role: str) -> str | None:
-        if reference in loaded.collections:
+        if reference in loaded.collections or reference in loaded.broken:
             return None
         for section in ("captures", "materializations"):
             if reference in getattr(loaded, section):

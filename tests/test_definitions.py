@@ -1,0 +1,149 @@
+"""The code location loads, and its asset graph is the catalog's lineage."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from conftest import REPO, run_python
+
+from sophia_assets.catalog import load_catalog
+from sophia_assets.catalog.translator import FlowTranslator
+from sophia_assets.home import FLOW_SPECS_DIR
+
+SOURCE = dg.AssetKey(["postgres", "public", "documents"])
+CDC = dg.AssetKey(["sophia", "postgresql_cdc"])
+UPDATES = dg.AssetKey(["sophia", "vector_updates"])
+INDEX = dg.AssetKey(["pinecone", "sophia-ai-vectors"])
+
+
+@pytest.fixture(scope="module")
+def asset_graph():
+    from sophia_assets.definitions import defs
+
+    return defs.resolve_asset_graph()
+
+
+def test_definitions_are_loadable() -> None:
+    dg.Definitions.validate_loadable(__import__("sophia_assets.definitions").definitions.defs)
+
+
+def test_dagster_cli_validates_the_location() -> None:
+    dagster = Path(sys.executable).parent / "dagster"
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "sophia_assets.definitions"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("upstream", "downstream"),
+    [(SOURCE, CDC), (CDC, UPDATES), (UPDATES, INDEX)],
+    ids=["source->cdc", "cdc->vector_updates", "vector_updates->index"],
+)
+def test_lineage_edge(asset_graph, upstream: dg.AssetKey, downstream: dg.AssetKey) -> None:
+    assert asset_graph.get(downstream).parent_keys == {upstream}
+
+
+def test_graph_has_exactly_the_catalog_nodes(asset_graph) -> None:
+    assert asset_graph.get_all_asset_keys() == {SOURCE, CDC, UPDATES, INDEX}
+    assert asset_graph.get(SOURCE).parent_keys == set()
+    assert asset_graph.get(INDEX).child_keys == set()
+
+
+def test_nothing_pretends_to_materialize(asset_graph) -> None:
+    assert asset_graph.materializable_asset_keys == set()
+    assert asset_graph.external_asset_keys == {SOURCE, CDC, UPDATES, INDEX}
+
+
+def test_groups_kinds_owners_and_metadata(asset_graph) -> None:
+    expected = {
+        SOURCE: ("cdc", {"postgres"}, "flow_specs/source-postgres.flow.yaml"),
+        CDC: ("cdc", {"estuary"}, "flow_specs/collections.flow.yaml"),
+        UPDATES: ("embeddings", {"estuary", "torch"}, "flow_specs/collections.flow.yaml"),
+        INDEX: (
+            "vector_index",
+            {"pinecone", "pgvector"},
+            "flow_specs/materialize-pinecone.flow.yaml",
+        ),
+    }
+    for key, (group, kinds, spec_file) in expected.items():
+        node = asset_graph.get(key)
+        assert node.group_name == group, key
+        assert {
+            tag.split("/", 2)[-1] for tag in node.tags if tag.startswith("dagster/kind/")
+        } == kinds, key
+        assert node.owners == ["team:data-platform"], key
+        assert node.metadata["flow/spec_file"] == spec_file, key
+        assert node.description, key
+    columns = asset_graph.get(CDC).metadata["dagster/column_schema"].columns
+    assert [c.name for c in columns] == ["id", "title", "body", "updated_at", "_meta"]
+    assert asset_graph.get(SOURCE).metadata["dagster/table_name"] == "public.documents"
+
+
+def _extended_specs(tmp_path: Path) -> Path:
+    root = tmp_path / "flow_specs"
+    shutil.copytree(FLOW_SPECS_DIR, root)
+    collections = root / "collections.flow.yaml"
+    doc = yaml.safe_load(collections.read_text())
+    doc["collections"]["sophia/comments_cdc"] = {
+        "key": ["/id"],
+        "schema": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {"id": {"type": "integer"}, "text": {"type": "string"}},
+        },
+    }
+    collections.write_text(yaml.safe_dump(doc, sort_keys=False))
+    capture = root / "source-postgres.flow.yaml"
+    doc = yaml.safe_load(capture.read_text())
+    doc["captures"]["sophia/source-postgres"]["bindings"].append(
+        {"resource": {"namespace": "public", "stream": "comments"}, "target": "sophia/comments_cdc"}
+    )
+    capture.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return root
+
+
+def test_new_binding_appears_without_code_change(tmp_path: Path) -> None:
+    specs = {
+        s.key: s for s in FlowTranslator(load_catalog(_extended_specs(tmp_path))).build_specs()
+    }
+    comments = dg.AssetKey(["sophia", "comments_cdc"])
+    assert [d.asset_key for d in specs[comments].deps] == [
+        dg.AssetKey(["postgres", "public", "comments"])
+    ]
+    assert len(specs) == 6
+
+
+def test_code_location_reads_flow_specs_from_the_environment(tmp_path: Path) -> None:
+    root = _extended_specs(tmp_path)
+    result = run_python(
+        "from sophia_assets.definitions import defs;"
+        "keys = defs.resolve_asset_graph().get_all_asset_keys();"
+        "print(sorted(k.to_user_string() for k in keys))",
+        env={"SOPHIA_FLOW_SPECS": str(root)},
+    )
+    assert "sophia/comments_cdc" in result.stdout
+    assert "postgres/public/comments" in result.stdout
+
+
+def test_broken_catalog_stops_the_location_with_every_problem(tmp_path: Path) -> None:
+    root = tmp_path / "flow_specs"
+    shutil.copytree(FLOW_SPECS_DIR, root)
+    (root / "schemas/postgresql_cdc.schema.yaml").unlink()
+    result = run_python(
+        "import sophia_assets.definitions", check=False, env={"SOPHIA_FLOW_SPECS": str(root)}
+    )
+    assert result.returncode != 0
+    assert "schemas/postgresql_cdc.schema.yaml" in result.stderr
+    assert "does not exist; fix the path or create it" in result.stderr

@@ -1,0 +1,46 @@
+"""The root dagster.yaml builds a real instance, and what the main command ran stays in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from conftest import REPO, embedded, run_sophia
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.run_coordinator import QueuedRunCoordinator
+
+
+def _instance_in(cwd: Path, monkeypatch) -> dg.DagsterInstance:
+    monkeypatch.chdir(cwd)
+    return dg.DagsterInstance.from_ref(
+        InstanceRef.from_dir(str(cwd / "ephemeral-home"), config_dir=str(REPO))
+    )
+
+
+def test_root_dagster_yaml_builds_a_persistent_instance(tmp_path: Path, monkeypatch) -> None:
+    with _instance_in(tmp_path, monkeypatch) as instance:
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+        assert {"key": "sophia/runner", "value": "gpu", "limit": 1} in limits
+        assert not instance.is_ephemeral
+    # storage lands under .sophia/dagster of the working directory, not the throwaway home
+    assert (tmp_path / ".sophia/dagster/storage/history/runs.db").exists()
+    assert not (tmp_path / "ephemeral-home/history").exists()
+
+
+def test_main_command_run_is_visible_afterwards(tmp_path: Path, monkeypatch) -> None:
+    embedded(tmp_path / ".sophia")
+    result = run_sophia(
+        "demo", "run", "--rows", "200", cwd=tmp_path, env={"SOPHIA_HOME": str(tmp_path / ".sophia")}
+    )
+    assert "succeeded: public.documents {'rows': 200, 'inserted': 200" in result.stdout
+
+    with _instance_in(tmp_path, monkeypatch) as instance:
+        runs = instance.get_runs()
+        assert [(r.job_name, r.status) for r in runs] == [
+            ("demo_seed_job", dg.DagsterRunStatus.SUCCESS)
+        ]
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["postgres", "public", "documents"])
+        )
+        assert event.asset_materialization.metadata["rows"].value == 200

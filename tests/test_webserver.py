@@ -1,0 +1,97 @@
+"""A real dagster-webserver on loopback loads workspace.yaml and serves the asset graph."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO
+
+LOCATION_STATUS = """
+{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+ASSET_NODES = "{ assetNodes { assetKey { path } dependencyKeys { path } } }"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    home = tmp_path_factory.mktemp("dagster-home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ready = threading.Event()
+    output: list[str] = []
+
+    def watch() -> None:
+        for line in process.stdout:  # type: ignore[union-attr]
+            output.append(line)
+            if "Serving dagster-webserver on" in line:
+                ready.set()
+        ready.set()  # the process ended
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        if not ready.wait(timeout=180) or process.poll() is not None:
+            pytest.fail("dagster-webserver did not start:\n" + "".join(output[-40:]))
+        yield f"http://127.0.0.1:{port}/graphql"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _graphql(url: str, query: str) -> dict:
+    response = httpx.post(url, json={"query": query}, timeout=120)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def test_location_is_loaded(webserver: str) -> None:
+    entries = _graphql(webserver, LOCATION_STATUS)["workspaceOrError"]["locationEntries"]
+    assert [(e["name"], e["loadStatus"]) for e in entries] == [("sophia_assets", "LOADED")]
+    assert entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+
+
+def test_asset_nodes_carry_the_lineage(webserver: str) -> None:
+    nodes = _graphql(webserver, ASSET_NODES)["assetNodes"]
+    deps = {
+        "/".join(n["assetKey"]["path"]): sorted("/".join(d["path"]) for d in n["dependencyKeys"])
+        for n in nodes
+    }
+    assert deps == {
+        "postgres/public/documents": [],
+        "sophia/postgresql_cdc": ["postgres/public/documents"],
+        "sophia/vector_updates": ["sophia/postgresql_cdc"],
+        "pinecone/sophia-ai-vectors": ["sophia/vector_updates"],
+    }
