@@ -63,24 +63,21 @@ def run_python(
     code: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Runs `code` in a fresh interpreter of this environment (another process)."""
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, **(env or {})},
-        cwd=cwd or REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=check,
-    )
+    return _run([sys.executable, "-c", code], env, cwd, check)
 
 
 def run_sophia(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Runs the installed `sophia` console script."""
-    sophia = Path(sys.executable).parent / "sophia"
+    return _run([str(Path(sys.executable).parent / "sophia"), *args], env, cwd, check)
+
+
+def _run(
+    command: list[str], env: dict[str, str] | None, cwd: Path | None, check: bool
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(sophia), *args],
+        command,
         env={**os.environ, **(env or {})},
         cwd=cwd or REPO,
         capture_output=True,
