@@ -5,6 +5,10 @@
     sophia demo run [--rows N]             the main job on the embedded defaults
     sophia postgres start|stop|status|url  the embedded PostgreSQL under SOPHIA_HOME
     sophia catalog validate                check flow_specs/ and print its lineage
+    sophia flow drain [--rebackfill]       capture up to now, then stop
+    sophia flow serve                      capture continuously until SIGTERM/SIGINT
+    sophia flow read COLLECTION [--reduced] [--since OFFSET]
+                                           print a collection as JSON lines
 
 Dagster, torch and the like are imported only by the verbs that need them.
 """
@@ -12,6 +16,7 @@ Dagster, torch and the like are imported only by the verbs that need them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args) or 0
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -60,6 +69,24 @@ def _parser() -> argparse.ArgumentParser:
         ("url", _postgres_url, "print the URL to connect to"),
     ):
         postgres_verbs.add_parser(name, help=text).set_defaults(handler=handler)
+
+    flow = verbs.add_parser("flow", help="the local flow runtime (CDC captures)")
+    flow_verbs = flow.add_subparsers(title="flow commands")
+    drain = flow_verbs.add_parser("drain", help="capture up to the current WAL position, stop")
+    drain.add_argument(
+        "--rebackfill",
+        action="store_true",
+        help="start over: new slot, full backfill, deletes reconciled",
+    )
+    drain.set_defaults(handler=_flow_drain)
+    flow_verbs.add_parser(
+        "serve", help="capture continuously until SIGTERM or SIGINT"
+    ).set_defaults(handler=_flow_serve)
+    read = flow_verbs.add_parser("read", help="print a collection's documents as JSON lines")
+    read.add_argument("collection", help="e.g. sophia/postgresql_cdc")
+    read.add_argument("--reduced", action="store_true", help="the current document per key")
+    read.add_argument("--since", type=int, default=0, help="first journal offset (0)")
+    read.set_defaults(handler=_flow_read)
 
     catalog = verbs.add_parser("catalog", help="the flow_specs catalog")
     catalog_verbs = catalog.add_subparsers(title="catalog commands")
@@ -152,8 +179,6 @@ def _embedded():
 
 
 def _external_url() -> str | None:
-    import os
-
     from resources.postgres_server import POSTGRES_URL_ENV
 
     return os.environ.get(POSTGRES_URL_ENV)
@@ -200,6 +225,123 @@ def _masked(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- flow ----------------------------------------------------------------------------------
+
+
+def _flow_runners(on_batch=None):
+    from resources.postgres_server import postgres_url
+    from sophia_assets.catalog import load_catalog
+    from sophia_assets.definitions import flow_specs_dir
+    from sophia_assets.flow.capture import CaptureRunner
+    from sophia_assets.flow.runtime import runnable_captures, source_url
+
+    catalog = load_catalog(flow_specs_dir())
+    platform = postgres_url()
+    return [
+        CaptureRunner(
+            capture,
+            catalog,
+            source_url(capture, platform),
+            platform,
+            on_batch=on_batch or (lambda report: None),
+        )
+        for capture in runnable_captures(catalog)
+    ]
+
+
+def _print_report(report) -> None:
+    for name, figures in report.collections.items():
+        print(
+            f"{name}: {figures.documents} documents (offsets {figures.first_offset}.."
+            f"{figures.last_offset}), {figures.quarantined} quarantined"
+        )
+    print(
+        f"{report.task}: checkpoint {report.checkpoint_lsn}, {report.transactions} "
+        f"transactions, {report.backfilled_rows} rows backfilled"
+    )
+
+
+def _flow_drain(args: argparse.Namespace) -> int:
+    _configure_logging()
+    for runner in _flow_runners():
+        if args.rebackfill:
+            runner.reset_for_rebackfill()
+        _print_report(runner.drain())
+    return 0
+
+
+def _flow_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    _configure_logging()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    runners = _flow_runners(on_batch=_log_batch)
+    threads = [
+        threading.Thread(target=r.serve, args=(stop,), name=r.settings.task) for r in runners
+    ]
+    for thread in threads:
+        thread.start()
+    print(
+        f"serving {', '.join(r.settings.task for r in runners)}; SIGTERM or Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    while any(t.is_alive() for t in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
+    for runner in runners:
+        _print_report(runner.report)
+    return 0
+
+
+def _log_batch(report) -> None:
+    import logging
+
+    logging.getLogger("sophia.flow").info(
+        "%s: %d documents so far, checkpoint %s",
+        report.task,
+        report.documents,
+        report.checkpoint_lsn,
+    )
+
+
+def _configure_logging() -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _flow_read(args: argparse.Namespace) -> int:
+    import orjson
+    import psycopg2
+
+    from resources.postgres_server import postgres_url
+    from sophia_assets.flow import journal
+
+    conn = psycopg2.connect(postgres_url())
+    out = sys.stdout.buffer
+    try:
+        with conn.cursor(name="flow_read") as cur:
+            cur.itersize = 5000
+            documents = (
+                journal.read_reduced(cur, args.collection)
+                if args.reduced
+                else (doc for _, doc in journal.read(cur, args.collection, args.since))
+            )
+            for document in documents:
+                out.write(orjson.dumps(document) + b"\n")
+    finally:
+        conn.close()
+    return 0
 
 
 # -- catalog -------------------------------------------------------------------------------

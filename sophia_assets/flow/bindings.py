@@ -1,0 +1,84 @@
+"""What the capture needs to know about each binding: source table, target collection, key
+columns, schema validator and reducer, all derived from the catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import fastjsonschema
+
+from sophia_assets.catalog.model import Capture, Catalog, Collection
+from sophia_assets.flow.reduce import Reducer
+from sophia_assets.flow.source import SourceError
+
+ESTUARY_DEFAULTS = {
+    "publicationName": "flow_publication",
+    "slotName": "flow_slot",
+    "watermarksTable": "public.flow_watermarks",
+    "backfill_chunk_size": 50_000,
+}
+
+
+@dataclass
+class Binding:
+    id: str  # `namespace.stream`
+    namespace: str
+    stream: str
+    collection: Collection
+    key_columns: tuple[str, ...]
+    validate: Any  # compiled schema validator: raises JsonSchemaException
+    reducer: Reducer
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    task: str
+    publication: str
+    slot: str
+    watermarks_table: str
+    chunk_size: int
+
+
+def capture_settings(capture: Capture) -> CaptureSettings:
+    advanced = {**ESTUARY_DEFAULTS, **(capture.connector.config.get("advanced") or {})}
+    return CaptureSettings(
+        task=capture.name,
+        publication=str(advanced["publicationName"]),
+        slot=str(advanced["slotName"]),
+        watermarks_table=str(advanced["watermarksTable"]),
+        chunk_size=int(advanced["backfill_chunk_size"]),
+    )
+
+
+def capture_bindings(capture: Capture, catalog: Catalog) -> list[Binding]:
+    bindings = []
+    for binding in capture.bindings:
+        collection = catalog.collections[binding.target]
+        namespace = str(binding.resource.get("namespace") or "public")
+        stream = str(binding.resource["stream"])
+        bindings.append(
+            Binding(
+                id=f"{namespace}.{stream}",
+                namespace=namespace,
+                stream=stream,
+                collection=collection,
+                key_columns=_key_columns(collection),
+                validate=fastjsonschema.compile(collection.schema),
+                reducer=Reducer(collection.schema),
+            )
+        )
+    return bindings
+
+
+def _key_columns(collection: Collection) -> tuple[str, ...]:
+    columns = []
+    for pointer in collection.key:
+        column = pointer[1:]
+        if "/" in column:
+            raise SourceError(
+                f"collection {collection.name}: key {pointer} is nested; a captured "
+                "collection's key must name top-level columns"
+            )
+        columns.append(column.replace("~1", "/").replace("~0", "~"))
+    return tuple(columns)

@@ -1,0 +1,726 @@
+"""The capture: backfill, then stream, a Postgres source into collection journals, exactly once.
+
+One engine, two modes: `drain` captures until the WAL position seen at its start (and the
+backfill is complete), then stops; `serve` runs until asked to stop, reconnecting when the
+database goes away.
+
+Exactly once: the documents of a batch of source transactions, the reduced view and the
+checkpoint (the end LSN of the last transaction) commit in one journal transaction; only then
+is that LSN confirmed to the slot. A restarted capture skips transactions at or before its
+checkpoint, so one that committed but crashed before confirming is not journaled twice.
+
+Backfill with watermarks (as source-postgres): a chunk of rows after the cursor is read, then
+a watermark row is written. Until the watermark comes back through the replication stream,
+changes to keys inside the chunk are folded into the chunk's rows (each change carries the
+full row, so folding in commit order ends at the latest state), changes to keys the backfill
+has passed are emitted, and changes beyond the chunk are dropped (a later chunk reads them).
+At the watermark, the chunk's rows are emitted and the cursor advances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastjsonschema
+import orjson
+import psycopg2
+import psycopg2.extras
+
+from sophia_assets.catalog.model import Capture, Catalog
+from sophia_assets.flow import journal, pgoutput
+from sophia_assets.flow.bindings import Binding, capture_bindings, capture_settings
+from sophia_assets.flow.pgoutput import UNCHANGED, lsn_int, lsn_text
+from sophia_assets.flow.source import (
+    SourceError,
+    SourceTable,
+    check_wal_level,
+    create_slot,
+    describe_table,
+    drop_slot,
+    ensure_publication,
+    ensure_watermarks_table,
+    slot_status,
+)
+from sophia_assets.flow.values import Converter, converter
+
+log = logging.getLogger("sophia.flow")
+MAX_BATCH_DOCUMENTS = 20_000
+IDLE_WAIT_S = 0.5
+
+
+class CaptureBusy(RuntimeError):
+    """Another process runs this capture."""
+
+
+@dataclass
+class CollectionFigures:
+    documents: int = 0
+    quarantined: int = 0
+    first_offset: int | None = None
+    last_offset: int | None = None
+
+
+@dataclass
+class CaptureReport:
+    task: str
+    checkpoint_lsn: str = "0/0"
+    transactions: int = 0
+    batches: int = 0
+    backfilled_rows: int = 0
+    collections: dict[str, CollectionFigures] = field(default_factory=dict)
+
+    @property
+    def documents(self) -> int:
+        return sum(c.documents for c in self.collections.values())
+
+
+@dataclass(slots=True)
+class Change:
+    binding: Binding
+    op: str  # c, u, d
+    key: str
+    document: dict[str, Any]
+    unchanged: tuple[str, ...]  # columns whose unchanged TOASTed value must be carried over
+    source_ts_ms: int | None
+    commit_lsn: int
+
+
+@dataclass(frozen=True)
+class RelationPlan:
+    """How to turn a relation's tuples into documents; rebuilt on every Relation message, so
+    a table altered while captured is read with its new columns."""
+
+    relation: pgoutput.Relation
+    binding: Binding | None
+    names: tuple[str, ...]
+    converters: tuple[Converter, ...]
+    key_index: tuple[int, ...]
+
+
+@dataclass
+class Chunk:
+    binding: Binding
+    high: tuple | None  # last key of the chunk; None when it runs to the end of the table
+    rows: dict[str, tuple[tuple, dict[str, Any]]]  # key -> (key values, document)
+    watermark: str
+
+
+@dataclass
+class Transaction:
+    begin: pgoutput.Begin
+    skip: bool
+    changes: list[Change] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)
+
+
+class CaptureRunner:
+    def __init__(
+        self,
+        capture: Capture,
+        catalog: Catalog,
+        source_url: str,
+        journal_url: str,
+        on_batch: Callable[[CaptureReport], None] = lambda report: None,
+    ):
+        self.settings = capture_settings(capture)
+        self.bindings = capture_bindings(capture, catalog)
+        self.source_url = source_url
+        self.journal_url = journal_url
+        self.on_batch = on_batch
+        self.report = CaptureReport(task=capture.name)
+
+    # -- modes ------------------------------------------------------------------------------
+
+    def drain(self) -> CaptureReport:
+        """Captures until the WAL position at the start is journaled and the backfill is done.
+        If a `serve` holds the capture, waits for it to get there instead."""
+        try:
+            return self._run(stop=None)
+        except CaptureBusy:
+            return self._wait_for_serve()
+
+    def serve(self, stop: threading.Event, reconnect_backoff_s: float = 0.5) -> CaptureReport:
+        """Captures until `stop` is set; reconnects and resumes when a connection drops."""
+        delay = reconnect_backoff_s
+        while not stop.is_set():
+            try:
+                return self._run(stop=stop)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
+                if stop.is_set():
+                    break
+                log.warning(
+                    "capture %s lost its connection (%s); reconnecting in %.1f s",
+                    self.settings.task,
+                    str(err).strip().splitlines()[0],
+                    delay,
+                )
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return self.report
+
+    # -- one connected run ------------------------------------------------------------------
+
+    def _run(self, stop: threading.Event | None) -> CaptureReport:
+        session = _Session(self)
+        try:
+            session.open()
+            session.loop(stop)
+        finally:
+            session.close()
+        return self.report
+
+    def reset_for_rebackfill(self) -> None:
+        """Forgets the checkpoint and the slot: the next run backfills every table again and
+        then deletes from the collections the keys that are no longer in the source."""
+        with psycopg2.connect(self.source_url) as source, source.cursor() as cur:
+            drop_slot(cur, self.settings.slot)
+        source.close()
+        jconn = psycopg2.connect(self.journal_url)
+        journal.ensure_schema(jconn)
+        try:
+            with jconn, jconn.cursor() as cur:
+                state = {
+                    b.id: {"backfilled": False, "cursor": None, "reconcile": True}
+                    for b in self.bindings
+                }
+                journal.save_checkpoint(cur, self.settings.task, "0/0", state)
+        finally:
+            jconn.close()
+        log.info("capture %s will re-backfill from a new slot", self.settings.task)
+
+    def _wait_for_serve(self, timeout_s: float = 300.0) -> CaptureReport:
+        source = psycopg2.connect(self.source_url)
+        source.autocommit = True
+        jconn = psycopg2.connect(self.journal_url)
+        try:
+            with source.cursor() as cur:
+                mark = _write_watermark(cur, self.settings, "drain")
+                cur.execute("SELECT pg_current_wal_lsn()::text")
+                target = lsn_int(cur.fetchone()[0])
+            log.info(
+                "capture %s is served by another process; waiting for it to pass %s",
+                self.settings.task,
+                lsn_text(target),
+            )
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                with jconn, jconn.cursor() as cur:
+                    checkpoint = journal.load_checkpoint(cur, self.settings.task)
+                if checkpoint and lsn_int(checkpoint[0]) >= target:
+                    self.report.checkpoint_lsn = checkpoint[0]
+                    return self.report
+                time.sleep(0.05)
+            raise RuntimeError(
+                f"capture {self.settings.task} is run by another process that did not reach "
+                f"{lsn_text(target)} (watermark {mark}) within {timeout_s:.0f} s; check that "
+                "`sophia flow serve` is healthy"
+            )
+        finally:
+            source.close()
+            jconn.close()
+
+
+def _write_watermark(cur, settings, purpose: str) -> str:
+    mark = f"{purpose}:{uuid.uuid4()}"
+    cur.execute(
+        f"INSERT INTO {settings.watermarks_table} (slot, watermark) VALUES (%s, %s) "
+        "ON CONFLICT (slot) DO UPDATE SET watermark = EXCLUDED.watermark",
+        (settings.slot, mark),
+    )
+    return mark
+
+
+class _Session:
+    """One connected run of a capture: connections, checkpoint, and the streaming loop."""
+
+    def __init__(self, runner: CaptureRunner):
+        self.runner = runner
+        self.settings = runner.settings
+        self.report = runner.report
+        self.source = None
+        self.journal = None
+        self.replication = None
+        self.stream = None
+        self.tables: dict[str, SourceTable] = {}
+        self.checkpoint = 0
+        self.state: dict[str, Any] = {}
+        self.relations: dict[int, RelationPlan] = {}
+        self.watermark_relid: int | None = None
+        self.tx: Transaction | None = None
+        self.pending: list[Change] = []
+        self.pending_lsn = 0
+        self.last_commit_end = 0
+        self.chunk: Chunk | None = None
+        self.drain_mark: str | None = None
+        self.drain_reached = False
+        self.next_offsets: dict[str, int] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.journal = psycopg2.connect(self.runner.journal_url)
+        journal.ensure_schema(self.journal)
+        with self.journal.cursor() as cur:
+            cur.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"flow.capture:{self.settings.task}",)
+            )
+            if not cur.fetchone()[0]:
+                self.journal.rollback()
+                raise CaptureBusy(self.settings.task)
+            checkpoint = journal.load_checkpoint(cur, self.settings.task)
+            for binding in self.runner.bindings:
+                name = binding.collection.name
+                self.next_offsets[name] = journal.next_offset(cur, name)
+        self.journal.commit()
+
+        self.source = psycopg2.connect(self.runner.source_url)
+        self.source.autocommit = True
+        with self.source.cursor() as cur:
+            check_wal_level(cur)
+            for binding in self.runner.bindings:
+                self.tables[binding.id] = describe_table(
+                    cur, binding.namespace, binding.stream, binding.key_columns
+                )
+            ensure_watermarks_table(cur, self.settings.watermarks_table)
+            ensure_publication(
+                cur,
+                self.settings.publication,
+                [t.quoted for t in self.tables.values()] + [self.settings.watermarks_table],
+            )
+            self._prepare_slot(cur, checkpoint)
+        if checkpoint:
+            self.checkpoint = lsn_int(checkpoint[0])
+            self.state = checkpoint[1]
+        self.last_commit_end = self.checkpoint
+        for binding in self.runner.bindings:
+            self.state.setdefault(binding.id, {"backfilled": False, "cursor": None})
+        self.report.checkpoint_lsn = lsn_text(self.checkpoint)
+
+        self.replication = psycopg2.connect(
+            self.runner.source_url,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+        )
+        self.stream = self.replication.cursor()
+        self.stream.start_replication(
+            slot_name=self.settings.slot,
+            decode=False,
+            options={"proto_version": "1", "publication_names": self.settings.publication},
+            status_interval=10,
+        )
+
+    def _prepare_slot(self, cur, checkpoint) -> None:
+        confirmed, problem = slot_status(cur, self.settings.slot)
+        slot = self.settings.slot
+        if problem:
+            raise SourceError(
+                f"replication slot {slot!r} cannot be used: {problem}; changes since the "
+                f"checkpoint may be lost. Re-backfill with `sophia flow drain --rebackfill`"
+            )
+        if confirmed is None and checkpoint is not None and checkpoint[0] != "0/0":
+            raise SourceError(
+                f"replication slot {slot!r} is gone (dropped?) but capture "
+                f"{self.settings.task} has a checkpoint at {checkpoint[0]}; changes since then "
+                "cannot be replayed. Re-backfill with `sophia flow drain --rebackfill`"
+            )
+        if confirmed is None:
+            created = create_slot(cur, slot)
+            log.info("created replication slot %s at %s", slot, created)
+
+    def close(self) -> None:
+        for conn in (self.replication, self.source, self.journal):
+            if conn is not None:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.close()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def loop(self, stop: threading.Event | None) -> None:
+        if stop is None:
+            with self.source.cursor() as cur:
+                self.drain_mark = _write_watermark(cur, self.settings, "drain")
+        while True:
+            if stop is not None and stop.is_set():
+                break
+            if stop is None and self.drain_reached and self._backfill_done():
+                break
+            if self.chunk is None and not self._backfill_done():
+                self._start_chunk()
+            received = self._pump()
+            if self.pending and (not received or len(self.pending) >= MAX_BATCH_DOCUMENTS):
+                self._flush()
+            elif not received and self.pending_lsn > self.checkpoint:
+                self._flush()  # transactions with nothing for us still move the checkpoint
+        if self.tx is None and (self.pending or self.pending_lsn > self.checkpoint):
+            self._flush()
+
+    def _pump(self) -> int:
+        """Handles the messages available now (waiting briefly if there are none)."""
+        message = self.stream.read_message()
+        if message is None:
+            select.select([self.stream], [], [], IDLE_WAIT_S)
+            message = self.stream.read_message()
+        handled = 0
+        while message is not None:
+            self._handle(message.payload, message.data_start)
+            handled += 1
+            if self.tx is None and len(self.pending) >= MAX_BATCH_DOCUMENTS:
+                break
+            message = self.stream.read_message()
+        return handled
+
+    def _handle(self, payload: bytes, event_lsn: int) -> None:
+        message = pgoutput.decode(payload)
+        kind = type(message)
+        if kind is pgoutput.Begin:
+            self.tx = Transaction(message, skip=message.final_lsn < self.checkpoint)
+        elif kind is pgoutput.Commit:
+            self._commit(message)
+        elif kind is pgoutput.Relation:
+            self._relation(message)
+        elif kind in (pgoutput.Insert, pgoutput.Update, pgoutput.Delete):
+            if self.tx is not None and not self.tx.skip:
+                self._row_change(message, event_lsn)
+        elif kind is pgoutput.Truncate and any(
+            r in self.relations and self.relations[r].binding for r in message.relids
+        ):
+            log.warning(
+                "TRUNCATE of a captured table is not propagated (as in Estuary); "
+                "re-backfill to reflect it"
+            )
+
+    def _relation(self, relation: pgoutput.Relation) -> None:
+        qualified = f"{relation.namespace}.{relation.name}"
+        if qualified == self.settings.watermarks_table:
+            self.watermark_relid = relation.relid
+        binding = next((b for b in self.runner.bindings if b.id == qualified), None)
+        names = tuple(c.name for c in relation.columns)
+        key_index = tuple(names.index(k) for k in binding.key_columns) if binding else ()
+        self.relations[relation.relid] = RelationPlan(
+            relation,
+            binding,
+            names,
+            tuple(converter(c.type_oid) for c in relation.columns),
+            key_index,
+        )
+
+    def _row_change(self, message, event_lsn: int) -> None:
+        relid = message.relid
+        if relid == self.watermark_relid:
+            values = message.new if not isinstance(message, pgoutput.Delete) else message.old
+            if values and len(values) > 1:
+                self.tx.marks.append(values[1])
+            return
+        plan = self.relations.get(relid)
+        if plan is None or plan.binding is None:
+            return
+        if isinstance(message, pgoutput.Delete):
+            op, values = "d", message.old
+        else:
+            op, values = ("c" if isinstance(message, pgoutput.Insert) else "u"), message.new
+        converters = plan.converters
+        key_values = tuple(converters[i](values[i]) for i in plan.key_index)
+        unchanged: tuple[str, ...] = ()
+        if op == "d":
+            document = {plan.names[i]: key_values[n] for n, i in enumerate(plan.key_index)}
+        else:
+            document = {}
+            for name, value, convert in zip(plan.names, values, converters, strict=True):
+                if value is None:
+                    document[name] = None
+                elif value is UNCHANGED:
+                    unchanged += (name,)
+                else:
+                    document[name] = convert(value)
+        begin = self.tx.begin
+        relation = plan.relation
+        document["_meta"] = {
+            "op": op,
+            "source": {
+                "ts_ms": begin.commit_ts_ms,
+                "schema": relation.namespace,
+                "table": relation.name,
+                "loc": [self.last_commit_end, event_lsn, begin.final_lsn],
+                "txid": begin.xid,
+            },
+        }
+        change = Change(
+            plan.binding,
+            op,
+            _key_text(key_values),
+            document,
+            unchanged,
+            begin.commit_ts_ms,
+            begin.final_lsn,
+        )
+        self._route(change, key_values)
+
+    def _route(self, change: Change, key_values: tuple) -> None:
+        """Emit, fold into the chunk in flight, or drop, by where the backfill stands."""
+        state = self.state[change.binding.id]
+        if state["backfilled"] or (
+            state["cursor"] is not None and key_values <= tuple(state["cursor"])
+        ):
+            self.tx.changes.append(change)
+            return
+        chunk = self.chunk
+        if (
+            chunk is not None
+            and chunk.binding is change.binding
+            and (chunk.high is None or key_values <= chunk.high)
+        ):
+            if change.op == "d":
+                chunk.rows.pop(change.key, None)
+            else:
+                previous = chunk.rows.get(change.key)
+                document = change.document
+                for column in change.unchanged:
+                    if previous is not None and column in previous[1]:
+                        document[column] = previous[1][column]
+                chunk.rows[change.key] = (key_values, _as_snapshot(document))
+        # else: beyond the chunk; a later chunk reads the row as it is then
+
+    def _commit(self, commit: pgoutput.Commit) -> None:
+        tx, self.tx = self.tx, None
+        if tx is None or tx.skip:
+            return
+        self.pending.extend(tx.changes)
+        self.pending_lsn = commit.end_lsn
+        self.last_commit_end = commit.end_lsn
+        self.report.transactions += 1
+        if self.chunk is not None and self.chunk.watermark in tx.marks:
+            self._finish_chunk(commit.end_lsn)
+        if self.drain_mark is not None and self.drain_mark in tx.marks:
+            self.drain_reached = True
+
+    # -- backfill ---------------------------------------------------------------------------
+
+    def _backfill_done(self) -> bool:
+        return all(self.state[b.id]["backfilled"] for b in self.runner.bindings)
+
+    def _start_chunk(self) -> None:
+        binding = next(b for b in self.runner.bindings if not self.state[b.id]["backfilled"])
+        table = self.tables[binding.id]
+        cursor = self.state[binding.id]["cursor"]
+        keys = ", ".join(_order_column(table, k) for k in binding.key_columns)
+        select_list = ", ".join(f'"{c}"::text' for c in table.columns)
+        where = ""
+        parameters: list[Any] = []
+        if cursor is not None:
+            where = f"WHERE ({keys}) > ({', '.join(['%s'] * len(cursor))})"
+            parameters = list(cursor)
+        converters = table.converters()
+        key_index = [table.columns.index(k) for k in binding.key_columns]
+        rows: dict[str, tuple[tuple, dict[str, Any]]] = {}
+        scan_ms = int(time.time() * 1000)
+        with self.source.cursor() as cur:
+            cur.execute(
+                f"SELECT {select_list} FROM {table.quoted} {where} ORDER BY {keys} LIMIT %s",
+                [*parameters, self.settings.chunk_size],
+            )
+            for row in cur:
+                document = {
+                    name: (None if value is None else convert(value))
+                    for name, value, convert in zip(table.columns, row, converters, strict=True)
+                }
+                key_values = tuple(document[table.columns[i]] for i in key_index)
+                document["_meta"] = {
+                    "op": "c",
+                    "source": {
+                        "ts_ms": scan_ms,
+                        "schema": table.namespace,
+                        "table": table.name,
+                        "snapshot": True,
+                        "loc": [0, 0, 0],
+                    },
+                }
+                rows[_key_text(key_values)] = (key_values, document)
+            high = None
+            if len(rows) == self.settings.chunk_size:
+                high = next(reversed(rows.values()))[0]
+            watermark = _write_watermark(cur, self.settings, "backfill")
+        self.chunk = Chunk(binding, high, rows, watermark)
+
+    def _finish_chunk(self, lsn: int) -> None:
+        chunk, self.chunk = self.chunk, None
+        for key, (_values, document) in sorted(chunk.rows.items(), key=lambda kv: kv[1][0]):
+            document["_meta"]["source"]["loc"] = [lsn, 0, 0]
+            self.pending.append(Change(chunk.binding, "c", key, document, (), None, lsn))
+        self.report.backfilled_rows += len(chunk.rows)
+        state = self.state[chunk.binding.id]
+        if chunk.high is None:
+            state["backfilled"] = True
+            if state.pop("reconcile", False):
+                self._reconcile(chunk.binding, lsn)
+            log.info("backfill of %s complete", chunk.binding.id)
+        else:
+            state["cursor"] = list(chunk.high)
+            log.info(
+                "backfill of %s: %d rows, up to key %s",
+                chunk.binding.id,
+                len(chunk.rows),
+                chunk.high,
+            )
+
+    def _reconcile(self, binding: Binding, lsn: int) -> None:
+        """After a re-backfill: keys still in the collection but gone from the source were
+        deleted while no slot was watching; write their deletes."""
+        table = self.tables[binding.id]
+        converters = table.converters()
+        key_index = [table.columns.index(k) for k in binding.key_columns]
+        columns = ", ".join(f'"{table.columns[i]}"::text' for i in key_index)
+        with self.source.cursor() as cur:
+            cur.execute(f"SELECT {columns} FROM {table.quoted}")
+            present = {
+                _key_text(tuple(converters[i](v) for i, v in zip(key_index, row, strict=True)))
+                for row in cur
+            }
+        with self.journal.cursor() as cur:
+            cur.execute(
+                "SELECT key::text FROM flow.reduced WHERE collection = %s",
+                (binding.collection.name,),
+            )
+            stale = [orjson.loads(key) for (key,) in cur.fetchall()]
+        self.journal.commit()
+        for values in stale:
+            key = _key_text(tuple(values))
+            if key in present:
+                continue
+            document = dict(zip(binding.key_columns, values, strict=True))
+            document["_meta"] = {
+                "op": "d",
+                "source": {
+                    "ts_ms": int(time.time() * 1000),
+                    "schema": table.namespace,
+                    "table": table.name,
+                    "snapshot": True,
+                    "loc": [lsn, 0, 0],
+                },
+            }
+            self.pending.append(Change(binding, "d", key, document, (), None, lsn))
+        log.info(
+            "re-backfill of %s: %d keys no longer in the source deleted",
+            binding.id,
+            sum(1 for v in stale if _key_text(tuple(v)) not in present),
+        )
+
+    # -- the exactly-once commit ------------------------------------------------------------
+
+    def _flush(self) -> None:
+        changes, self.pending = self.pending, []
+        lsn = self.pending_lsn
+        by_collection: dict[str, list[Change]] = {}
+        for change in changes:
+            by_collection.setdefault(change.binding.collection.name, []).append(change)
+        offsets = dict(self.next_offsets)
+        try:
+            with self.journal.cursor() as cur:
+                for name, items in by_collection.items():
+                    offsets[name] = self._write_collection(cur, name, items, offsets[name])
+                journal.save_checkpoint(cur, self.settings.task, lsn_text(lsn), self.state)
+            self.journal.commit()
+        except BaseException:
+            self._rollback()
+            raise
+        self.next_offsets = offsets
+        self.checkpoint = lsn
+        # Confirmed only now that the journal has it.
+        self.stream.send_feedback(write_lsn=lsn, flush_lsn=lsn)
+        self.report.checkpoint_lsn = lsn_text(lsn)
+        self.report.batches += 1
+        self.runner.on_batch(self.report)
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(psycopg2.Error):
+            self.journal.rollback()
+
+    def _write_collection(self, cur, name: str, items: list[Change], first_offset: int) -> int:
+        binding = items[0].binding
+        keys = list(dict.fromkeys(change.key for change in items))
+        current: dict[str, dict | None] = dict(journal.reduced_documents(cur, name, keys))
+        entries: list[journal.Entry] = []
+        reduced: dict[str, tuple[dict | None, int]] = {}
+        figures = self.report.collections.setdefault(name, CollectionFigures())
+        offset = first_offset
+        for change in items:
+            previous = current.get(change.key)
+            document = change.document
+            if change.unchanged:
+                _carry_unchanged(document, change.unchanged, previous, name, change.key)
+            if change.op == "u" and previous is not None:
+                document["_meta"]["before"] = {k: v for k, v in previous.items() if k != "_meta"}
+            try:
+                binding.validate(document)
+            except fastjsonschema.JsonSchemaException as err:
+                journal.quarantine(
+                    cur, name, document, f"schema: {err.message}", document["_meta"]["source"]
+                )
+                figures.quarantined += 1
+                continue
+            after = binding.reducer.reduce(previous, document)
+            current[change.key] = after
+            entries.append(
+                journal.Entry(
+                    change.key, document, lsn_text(change.commit_lsn), change.source_ts_ms
+                )
+            )
+            reduced[change.key] = (after, offset)
+            offset += 1
+        if entries:
+            journal.append(cur, name, first_offset, entries)
+            journal.write_reduced(cur, name, reduced)
+            figures.documents += len(entries)
+            figures.first_offset = (
+                first_offset if figures.first_offset is None else figures.first_offset
+            )
+            figures.last_offset = offset - 1
+        return offset
+
+
+def _carry_unchanged(
+    document: dict, columns: tuple[str, ...], previous: dict | None, collection: str, key: str
+) -> None:
+    """pgoutput leaves out unchanged TOASTed values; the previous document has them."""
+    for column in columns:
+        if previous is not None and column in previous:
+            document[column] = previous[column]
+        else:
+            log.warning(
+                "%s %s: unchanged value of %r is not in the collection; left out",
+                collection,
+                key,
+                column,
+            )
+
+
+def _as_snapshot(document: dict[str, Any]) -> dict[str, Any]:
+    source = document["_meta"]["source"]
+    document["_meta"] = {
+        "op": "c",
+        "source": {
+            "ts_ms": source["ts_ms"],
+            "schema": source["schema"],
+            "table": source["table"],
+            "snapshot": True,
+            "loc": [0, 0, 0],
+        },
+    }
+    return document
+
+
+def _key_text(values: tuple) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+def _order_column(table: SourceTable, column: str) -> str:
+    """Keys order by bytes (COLLATE "C"), as Python compares strings."""
+    text_types = {25, 1043, 1042}
+    oid = table.type_oids[table.columns.index(column)]
+    return f'"{column}" COLLATE "C"' if oid in text_types else f'"{column}"'

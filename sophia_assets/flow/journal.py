@@ -1,0 +1,193 @@
+"""Collections stored in Postgres: an append-only journal per collection, the reduced view by
+key, the captures' checkpoints and the quarantine, all under the schema `flow`.
+
+A writer appends documents, updates the reduced view and saves its checkpoint in one
+transaction (the caller's), so a crash leaves either all of it or none.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS flow;
+CREATE TABLE IF NOT EXISTS flow.journal (
+    collection  text        NOT NULL,
+    "offset"    bigint      NOT NULL,
+    key         jsonb       NOT NULL,
+    document    jsonb       NOT NULL,
+    commit_lsn  pg_lsn      NOT NULL,
+    source_ts   timestamptz,
+    captured_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (collection, "offset")
+);
+CREATE INDEX IF NOT EXISTS journal_source_ts ON flow.journal (collection, source_ts);
+CREATE TABLE IF NOT EXISTS flow.reduced (
+    collection text   NOT NULL,
+    key        jsonb  NOT NULL,
+    document   jsonb  NOT NULL,
+    "offset"   bigint NOT NULL,
+    PRIMARY KEY (collection, key)
+);
+CREATE TABLE IF NOT EXISTS flow.checkpoints (
+    task       text        PRIMARY KEY,
+    lsn        pg_lsn      NOT NULL,
+    state      jsonb       NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS flow.quarantine (
+    id             bigserial   PRIMARY KEY,
+    collection     text        NOT NULL,
+    document       jsonb       NOT NULL,
+    reason         text        NOT NULL,
+    source         jsonb       NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+@dataclass(slots=True)
+class Entry:
+    """One document bound for a collection's journal."""
+
+    key: str  # the key as a JSON array, e.g. `[42]`
+    document: dict[str, Any]
+    commit_lsn: str  # `X/Y`
+    source_ts_ms: int | None
+
+
+def ensure_schema(conn) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('flow.ddl'))")
+        cur.execute(DDL)
+
+
+def next_offset(cur, collection: str) -> int:
+    cur.execute(
+        'SELECT coalesce(max("offset"), -1) + 1 FROM flow.journal WHERE collection = %s',
+        (collection,),
+    )
+    return cur.fetchone()[0]
+
+
+def reduced_documents(cur, collection: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+    if not keys:
+        return {}
+    cur.execute(
+        "SELECT key::text, document::text FROM flow.reduced "
+        "WHERE collection = %s AND key = ANY(%s::jsonb[])",
+        (collection, keys),
+    )
+    return {_canonical(key): orjson.loads(doc) for key, doc in cur.fetchall()}
+
+
+def _canonical(key_text: str) -> str:
+    """Postgres prints jsonb arrays with spaces; our keys are compact JSON."""
+    return orjson.dumps(orjson.loads(key_text)).decode()
+
+
+def append(cur, collection: str, first_offset: int, entries: list[Entry]) -> None:
+    """COPY the entries into the journal at offsets first_offset, first_offset + 1, ..."""
+    buffer = io.StringIO()
+    write = buffer.write
+    for index, entry in enumerate(entries):
+        ts = "\\N" if entry.source_ts_ms is None else f"{entry.source_ts_ms / 1000:.3f}"
+        write(
+            f"{collection}\t{first_offset + index}\t{_copy_text(entry.key)}\t"
+            f"{_copy_text(orjson.dumps(entry.document).decode())}\t{entry.commit_lsn}\t"
+            f"{ts}\n"
+        )
+    buffer.seek(0)
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS journal_load (collection text, "
+        '"offset" bigint, key jsonb, document jsonb, commit_lsn pg_lsn, '
+        "epoch double precision) ON COMMIT DELETE ROWS"
+    )
+    cur.copy_expert("COPY journal_load FROM STDIN", buffer)
+    cur.execute(
+        'INSERT INTO flow.journal (collection, "offset", key, document, commit_lsn, source_ts) '
+        'SELECT collection, "offset", key, document, commit_lsn, to_timestamp(epoch) '
+        "FROM journal_load"
+    )
+
+
+def write_reduced(cur, collection: str, documents: dict[str, tuple[dict | None, int]]) -> None:
+    """Stores each key's reduced document (None deletes the key), with its last offset."""
+    deleted = [key for key, (doc, _) in documents.items() if doc is None]
+    kept = [
+        (collection, key, orjson.dumps(doc).decode(), offset)
+        for key, (doc, offset) in documents.items()
+        if doc is not None
+    ]
+    if deleted:
+        cur.execute(
+            "DELETE FROM flow.reduced WHERE collection = %s AND key = ANY(%s::jsonb[])",
+            (collection, deleted),
+        )
+    if kept:
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            cur,
+            'INSERT INTO flow.reduced (collection, key, document, "offset") VALUES %s '
+            "ON CONFLICT (collection, key) DO UPDATE "
+            'SET document = EXCLUDED.document, "offset" = EXCLUDED."offset"',
+            kept,
+            template="(%s, %s::jsonb, %s::jsonb, %s)",
+            page_size=5000,
+        )
+
+
+def quarantine(
+    cur, collection: str, document: dict[str, Any], reason: str, source: dict[str, Any]
+) -> None:
+    cur.execute(
+        "INSERT INTO flow.quarantine (collection, document, reason, source) "
+        "VALUES (%s, %s, %s, %s)",
+        (collection, orjson.dumps(document).decode(), reason, orjson.dumps(source).decode()),
+    )
+
+
+def save_checkpoint(cur, task: str, lsn: str, state: dict[str, Any]) -> None:
+    cur.execute(
+        "INSERT INTO flow.checkpoints (task, lsn, state) VALUES (%s, %s, %s) "
+        "ON CONFLICT (task) DO UPDATE SET lsn = EXCLUDED.lsn, state = EXCLUDED.state, "
+        "updated_at = now()",
+        (task, lsn, orjson.dumps(state).decode()),
+    )
+
+
+def load_checkpoint(cur, task: str) -> tuple[str, dict[str, Any]] | None:
+    cur.execute("SELECT lsn::text, state::text FROM flow.checkpoints WHERE task = %s", (task,))
+    row = cur.fetchone()
+    return (row[0], orjson.loads(row[1])) if row else None
+
+
+def read(
+    cur, collection: str, since: int = 0, limit: int | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, document) from `since` on, in journal order."""
+    cur.execute(
+        'SELECT "offset", document::text FROM flow.journal WHERE collection = %s '
+        'AND "offset" >= %s ORDER BY "offset" LIMIT %s',
+        (collection, since, limit),
+    )
+    for offset, document in cur:
+        yield offset, orjson.loads(document)
+
+
+def read_reduced(cur, collection: str) -> Iterator[dict[str, Any]]:
+    cur.execute(
+        "SELECT document::text FROM flow.reduced WHERE collection = %s ORDER BY key", (collection,)
+    )
+    for (document,) in cur:
+        yield orjson.loads(document)
+
+
+def _copy_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
