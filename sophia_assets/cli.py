@@ -233,9 +233,9 @@ def _masked(url: str) -> str:
 def _flow_runners(on_batch=None):
     from resources.postgres_server import postgres_url
     from sophia_assets.catalog import load_catalog
-    from sophia_assets.definitions import flow_specs_dir
     from sophia_assets.flow.capture import CaptureRunner
     from sophia_assets.flow.runtime import runnable_captures, source_url
+    from sophia_assets.home import flow_specs_dir
 
     catalog = load_catalog(flow_specs_dir())
     platform = postgres_url()
@@ -350,7 +350,7 @@ def _flow_read(args: argparse.Namespace) -> int:
 def _catalog_validate(args: argparse.Namespace) -> int:
     from sophia_assets.catalog import CatalogError, load_catalog
     from sophia_assets.catalog.translator import FlowTranslator
-    from sophia_assets.definitions import flow_specs_dir
+    from sophia_assets.home import flow_specs_dir
 
     try:
         catalog = load_catalog(flow_specs_dir())

@@ -6,21 +6,13 @@ here, because every run process loads this module.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import dagster as dg
 
 from resources.postgres import PostgresResource
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.demo.seed_job import demo_seed_job
-from sophia_assets.home import FLOW_SPECS_DIR
-
-
-def flow_specs_dir() -> Path:
-    return Path(os.environ.get("SOPHIA_FLOW_SPECS") or FLOW_SPECS_DIR)
-
+from sophia_assets.home import flow_specs_dir
 
 catalog = load_catalog(flow_specs_dir())
 

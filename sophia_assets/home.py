@@ -11,6 +11,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FLOW_SPECS_DIR = PROJECT_ROOT / "flow_specs"
 
 
+def flow_specs_dir() -> Path:
+    """The catalog folder: `SOPHIA_FLOW_SPECS`, else this repository's `flow_specs/`."""
+    return Path(os.environ.get("SOPHIA_FLOW_SPECS") or FLOW_SPECS_DIR)
+
+
 def sophia_home() -> Path:
     """The local state directory, created on first use."""
     home = Path(os.environ.get("SOPHIA_HOME") or ".sophia").expanduser().resolve()

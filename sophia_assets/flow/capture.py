@@ -142,6 +142,7 @@ class CaptureRunner:
     def drain(self) -> CaptureReport:
         """Captures until the WAL position at the start is journaled and the backfill is done.
         If a `serve` holds the capture, waits for it to get there instead."""
+        self.report = CaptureReport(task=self.settings.task)
         try:
             return self._run(stop=None)
         except CaptureBusy:
@@ -149,11 +150,14 @@ class CaptureRunner:
 
     def serve(self, stop: threading.Event, reconnect_backoff_s: float = 0.5) -> CaptureReport:
         """Captures until `stop` is set; reconnects and resumes when a connection drops."""
+        self.report = CaptureReport(task=self.settings.task)
         delay = reconnect_backoff_s
         while not stop.is_set():
             try:
                 return self._run(stop=stop)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
+            except psycopg2.Error as err:
+                if not _connection_lost(err):
+                    raise
                 if stop.is_set():
                     break
                 log.warning(
@@ -169,7 +173,7 @@ class CaptureRunner:
     # -- one connected run ------------------------------------------------------------------
 
     def _run(self, stop: threading.Event | None) -> CaptureReport:
-        session = _Session(self)
+        session = _Session(self, self.report)
         try:
             session.open()
             session.loop(stop)
@@ -197,12 +201,15 @@ class CaptureRunner:
         log.info("capture %s will re-backfill from a new slot", self.settings.task)
 
     def _wait_for_serve(self, timeout_s: float = 300.0) -> CaptureReport:
+        """Another process serves the capture: wait until its checkpoint passes the WAL
+        position of now. A watermark is written (again each second, in case the serving
+        process was still creating its slot) so that it sees a transaction past that point."""
         source = psycopg2.connect(self.source_url)
         source.autocommit = True
         jconn = psycopg2.connect(self.journal_url)
         try:
             with source.cursor() as cur:
-                mark = _write_watermark(cur, self.settings, "drain")
+                ensure_watermarks_table(cur, self.settings.watermarks_table)
                 cur.execute("SELECT pg_current_wal_lsn()::text")
                 target = lsn_int(cur.fetchone()[0])
             log.info(
@@ -211,21 +218,44 @@ class CaptureRunner:
                 lsn_text(target),
             )
             deadline = time.monotonic() + timeout_s
+            next_mark = 0.0
             while time.monotonic() < deadline:
+                if time.monotonic() >= next_mark:
+                    with source.cursor() as cur:
+                        _write_watermark(cur, self.settings, "drain")
+                    next_mark = time.monotonic() + 1.0
                 with jconn, jconn.cursor() as cur:
                     checkpoint = journal.load_checkpoint(cur, self.settings.task)
+                    cur.execute(
+                        "SELECT pg_try_advisory_xact_lock(hashtext(%s))",
+                        (f"flow.capture:{self.settings.task}",),
+                    )
+                    serve_gone = cur.fetchone()[0]
+                if serve_gone:  # the serving process stopped: drain ourselves
+                    return self._run(stop=None)
                 if checkpoint and lsn_int(checkpoint[0]) >= target:
                     self.report.checkpoint_lsn = checkpoint[0]
                     return self.report
-                time.sleep(0.05)
+                time.sleep(0.02)
             raise RuntimeError(
                 f"capture {self.settings.task} is run by another process that did not reach "
-                f"{lsn_text(target)} (watermark {mark}) within {timeout_s:.0f} s; check that "
-                "`sophia flow serve` is healthy"
+                f"{lsn_text(target)} within {timeout_s:.0f} s; check that `sophia flow serve` "
+                "is healthy"
             )
         finally:
             source.close()
             jconn.close()
+
+
+def _connection_lost(err: psycopg2.Error) -> bool:
+    """A lost connection or stream (server restart, network), as opposed to an error the
+    server raised about our statements, which reconnecting would only repeat."""
+    if isinstance(err, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return True
+    code = err.pgcode or ""
+    # No code: the client lost the stream ("no COPY in progress"); 08: connection exception;
+    # 57P: the server is shutting down or restarting.
+    return code == "" or code.startswith(("08", "57P"))
 
 
 def _write_watermark(cur, settings, purpose: str) -> str:
@@ -241,10 +271,10 @@ def _write_watermark(cur, settings, purpose: str) -> str:
 class _Session:
     """One connected run of a capture: connections, checkpoint, and the streaming loop."""
 
-    def __init__(self, runner: CaptureRunner):
+    def __init__(self, runner: CaptureRunner, report: CaptureReport):
         self.runner = runner
         self.settings = runner.settings
-        self.report = runner.report
+        self.report = report
         self.source = None
         self.journal = None
         self.replication = None
@@ -510,7 +540,8 @@ class _Session:
         table = self.tables[binding.id]
         cursor = self.state[binding.id]["cursor"]
         keys = ", ".join(_order_column(table, k) for k in binding.key_columns)
-        select_list = ", ".join(f'"{c}"::text' for c in table.columns)
+        # Aliased, so ORDER BY reads the key column itself and not its text.
+        select_list = ", ".join(f'"{c}"::text AS _c{n}' for n, c in enumerate(table.columns))
         where = ""
         parameters: list[Any] = []
         if cursor is not None:

@@ -1,0 +1,137 @@
+"""Helpers for the capture tests: a fresh database per test, a catalog with small backfill
+chunks, SQL shortcuts, and the comparison of a collection with its source table."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import yaml
+
+from sophia_assets.catalog import Catalog, load_catalog
+from sophia_assets.flow.capture import CaptureRunner
+from sophia_assets.home import FLOW_SPECS_DIR
+
+CAPTURE = "sophia/source-postgres"
+COLLECTION = "sophia/postgresql_cdc"
+
+DOCUMENTS_DDL = """
+CREATE TABLE public.documents (
+    id         bigint PRIMARY KEY,
+    title      text,
+    body       text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    price      numeric,
+    tags       text[],
+    scores     int[],
+    attrs      jsonb,
+    published  boolean
+)
+"""
+
+
+def sql(url: str, *statements: str, params: tuple = ()) -> list[tuple]:
+    """Runs the statements in one transaction; returns the last one's rows (if any)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            rows: list[tuple] = []
+            for statement in statements:
+                cur.execute(statement, params or None)
+                rows = cur.fetchall() if cur.description else []
+            return rows
+    finally:
+        conn.close()
+
+
+def new_database(admin_url: str) -> str:
+    name = f"cdc_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    admin, name = url.rsplit("/", 1)
+    conn = psycopg2.connect(f"{admin}/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s AND NOT active",
+            (name,),
+        )
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def catalog_copy(tmp_path: Path, chunk_size: int = 50_000, slot: str = "flow_slot") -> Path:
+    root = tmp_path / "flow_specs"
+    shutil.copytree(FLOW_SPECS_DIR, root)
+    path = root / "source-postgres.flow.yaml"
+    doc = yaml.safe_load(path.read_text())
+    advanced = doc["captures"][CAPTURE]["endpoint"]["connector"]["config"]["advanced"]
+    advanced["backfill_chunk_size"] = chunk_size
+    advanced["slotName"] = slot
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return root
+
+
+def runner(url: str, catalog: Catalog, **kwargs: Any) -> CaptureRunner:
+    return CaptureRunner(catalog.captures[CAPTURE], catalog, url, url, **kwargs)
+
+
+def load(root: Path) -> Catalog:
+    return load_catalog(root)
+
+
+def source_state(url: str) -> dict[int, dict[str, Any]]:
+    rows = sql(
+        url,
+        "SELECT id, title, body, updated_at, price::text, tags, scores, attrs, "
+        "published FROM public.documents",
+    )
+    return {row[0]: _row(row) for row in rows}
+
+
+def reduced_state(url: str, collection: str = COLLECTION) -> dict[int, dict[str, Any]]:
+    rows = sql(url, "SELECT document FROM flow.reduced WHERE collection = %s", params=(collection,))
+    state = {}
+    for (doc,) in rows:
+        state[doc["id"]] = _row(
+            (
+                doc["id"],
+                doc.get("title"),
+                doc.get("body"),
+                datetime.fromisoformat(doc["updated_at"]),
+                doc.get("price"),
+                doc.get("tags"),
+                doc.get("scores"),
+                doc.get("attrs"),
+                doc.get("published"),
+            )
+        )
+    return state
+
+
+def _row(row: tuple) -> dict[str, Any]:
+    keys = ("id", "title", "body", "updated_at", "price", "tags", "scores", "attrs", "published")
+    return dict(zip(keys, row, strict=True))
+
+
+def duplicated_changes(url: str, collection: str = COLLECTION) -> list[tuple]:
+    """Source changes (by event LSN) that appear more than once in the journal."""
+    return sql(
+        url,
+        "SELECT document #>> '{_meta,source,loc,1}', count(*) FROM flow.journal "
+        "WHERE collection = %s AND document #> '{_meta,source,snapshot}' IS NULL "
+        "GROUP BY 1 HAVING count(*) > 1",
+        params=(collection,),
+    )

@@ -1,0 +1,184 @@
+"""The capture against a real embedded Postgres: documents, TOAST, types, reduction,
+quarantine, and the reduced view equal to the source."""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cdc import (
+    COLLECTION,
+    DOCUMENTS_DDL,
+    catalog_copy,
+    drop_database,
+    duplicated_changes,
+    load,
+    new_database,
+    reduced_state,
+    runner,
+    source_state,
+    sql,
+)
+
+
+@pytest.fixture
+def source(postgres_url: str) -> Iterator[str]:
+    url = new_database(postgres_url)
+    sql(url, DOCUMENTS_DDL)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path):
+    return load(catalog_copy(tmp_path, chunk_size=100))
+
+
+def _big_text(rng: random.Random, size: int) -> str:
+    """Incompressible, so Postgres stores it out of line (TOAST)."""
+    return "".join(rng.choices(string.ascii_letters + string.digits + " ", k=size))
+
+
+def _journal(url: str) -> list[dict]:
+    rows = sql(
+        url,
+        'SELECT document FROM flow.journal WHERE collection = %s ORDER BY "offset"',
+        params=(COLLECTION,),
+    )
+    return [row[0] for row in rows]
+
+
+def test_mixed_workload_reduced_view_equals_source(source: str, catalog) -> None:
+    rng = random.Random(7)
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) SELECT g, 'seed ' || g, 'body ' || g "
+        "FROM generate_series(1, 250) g",
+    )
+    capture = runner(source, catalog)
+    capture.drain()  # backfill in 3 chunks
+
+    big = _big_text(rng, 200_000)
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) VALUES (1000, 'a', 'x'), (1001, 'b', 'y'), "
+        "(1002, 'c', 'z')",  # a multi-row transaction
+        "UPDATE documents SET body = %s WHERE id = 1002",
+        params=(big,),
+    )
+    sql(source, "UPDATE documents SET title = 'retitled' WHERE id = 1002")  # body unchanged
+    sql(source, "DELETE FROM documents WHERE id BETWEEN 10 AND 20")
+    sql(
+        source, "UPDATE documents SET body = body || ' edited', updated_at = now() WHERE id % 7 = 0"
+    )
+    conn_rollback = __import__("psycopg2").connect(source)
+    with conn_rollback.cursor() as cur:
+        cur.execute("INSERT INTO documents (id, title, body) VALUES (5000, 'never', 'n')")
+        cur.execute("DELETE FROM documents WHERE id = 1")
+    conn_rollback.rollback()
+    conn_rollback.close()
+    report = capture.drain()
+
+    assert reduced_state(source) == source_state(source)
+    assert 5000 not in reduced_state(source) and 1 in reduced_state(source)
+    assert reduced_state(source)[1002]["body"] == big
+    assert report.collections[COLLECTION].documents == 3 + 2 + 11 + 35
+    assert duplicated_changes(source) == []
+
+
+def test_unchanged_toast_value_is_carried_into_the_journal(source: str, catalog) -> None:
+    big = _big_text(random.Random(1), 100_000)
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 't', %s)", params=(big,))
+    capture = runner(source, catalog)
+    capture.drain()
+    sql(source, "UPDATE documents SET title = 'only the title' WHERE id = 1")
+    capture.drain()
+
+    last = _journal(source)[-1]
+    assert last["_meta"]["op"] == "u"
+    assert last["title"] == "only the title"
+    assert last["body"] == big
+    assert last["_meta"]["before"]["title"] == "t"
+
+
+def test_documents_carry_estuary_meta_and_faithful_types(source: str, catalog) -> None:
+    capture = runner(source, catalog)
+    capture.drain()
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body, updated_at, price, tags, scores, attrs, "
+        "published) VALUES (42, 'types', 'b', '2026-11-24 10:15:30.123456+02', "
+        "'12345678901234567890.123456789', ARRAY['a b', 'c\"d', NULL], ARRAY[1, -2], "
+        '\'{"nested": {"n": 1.5, "list": [true, null]}}\', true)',
+    )
+    sql(source, "UPDATE documents SET price = NULL, published = false WHERE id = 42")
+    sql(source, "DELETE FROM documents WHERE id = 42")
+    capture.drain()
+
+    created, updated, deleted = _journal(source)
+    assert created["price"] == "12345678901234567890.123456789"  # every digit kept
+    assert created["tags"] == ["a b", 'c"d', None]
+    assert created["scores"] == [1, -2]
+    assert created["attrs"] == {"nested": {"n": 1.5, "list": [True, None]}}
+    assert created["published"] is True
+    assert created["updated_at"] == "2026-11-24T08:15:30.123456+00:00"
+    meta = created["_meta"]
+    assert meta["op"] == "c"
+    assert {"ts_ms", "schema", "table", "loc", "txid"} <= set(meta["source"])
+    assert (meta["source"]["schema"], meta["source"]["table"]) == ("public", "documents")
+    assert meta["source"]["loc"][1] > 0 and meta["source"]["loc"][2] > 0
+    assert updated["_meta"]["op"] == "u"
+    assert updated["price"] is None and updated["published"] is False
+    assert updated["_meta"]["before"]["price"] == "12345678901234567890.123456789"
+    assert deleted == {"id": 42, "_meta": deleted["_meta"]}
+    assert deleted["_meta"]["op"] == "d"
+    assert 42 not in reduced_state(source)
+
+
+def test_backfill_documents_are_marked_as_snapshot(source: str, catalog) -> None:
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) SELECT g, 't', 'b' FROM generate_series(1, 5) g",
+    )
+    runner(source, catalog).drain()
+    journal = _journal(source)
+    assert [d["id"] for d in journal] == [1, 2, 3, 4, 5]
+    assert all(d["_meta"]["source"]["snapshot"] is True for d in journal)
+
+
+def test_invalid_document_is_quarantined_and_the_rest_flows(source: str, catalog) -> None:
+    capture = runner(source, catalog)
+    capture.drain()
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) VALUES (1, 'fine', 'b'), "
+        "(2, NULL, 'title is null'), (3, 'also fine', 'b')",
+    )
+    report = capture.drain()
+
+    assert sorted(reduced_state(source)) == [1, 3]
+    assert report.collections[COLLECTION].quarantined == 1
+    ((document, reason, where),) = sql(
+        source,
+        "SELECT document, reason, source FROM flow.quarantine WHERE collection = %s",
+        params=(COLLECTION,),
+    )
+    assert document["id"] == 2
+    assert "title" in reason and reason.startswith("schema:")
+    assert where["table"] == "documents" and where["loc"][1] > 0
+
+
+def test_capture_resumes_from_its_checkpoint(source: str, catalog) -> None:
+    capture = runner(source, catalog)
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 'a', 'b')")
+    first = capture.drain()
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (2, 'a', 'b')")
+    second = runner(source, catalog).drain()  # a new process would start like this
+
+    assert [d["id"] for d in _journal(source)] == [1, 2]
+    assert second.checkpoint_lsn > first.checkpoint_lsn or len(second.checkpoint_lsn) > len(
+        first.checkpoint_lsn
+    )

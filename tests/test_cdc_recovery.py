@@ -1,0 +1,329 @@
+"""The capture under failure: killed at random moments, racing writes during the backfill,
+and each bad situation refused or survived with a clear message."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from cdc import (
+    COLLECTION,
+    DOCUMENTS_DDL,
+    catalog_copy,
+    drop_database,
+    duplicated_changes,
+    load,
+    new_database,
+    reduced_state,
+    runner,
+    source_state,
+    sql,
+)
+from conftest import embedded
+
+from sophia_assets.flow.source import SourceError
+
+
+@pytest.fixture
+def source(postgres_url: str) -> Iterator[str]:
+    url = new_database(postgres_url)
+    sql(url, DOCUMENTS_DDL)
+    yield url
+    drop_database(url)
+
+
+class Workload(threading.Thread):
+    """Random application writes until stopped: single and multi-row transactions, updates
+    of large bodies and of titles only, deletes, and rolled-back transactions."""
+
+    def __init__(self, url: str, seed: int, first_id: int = 1, ids: int = 400):
+        super().__init__(daemon=True)
+        self.url, self.rng, self.first_id, self.ids = url, random.Random(seed), first_id, ids
+        self.halt = threading.Event()
+        self.transactions = 0
+
+    def run(self) -> None:
+        conn = psycopg2.connect(self.url)
+        while not self.halt.is_set():
+            with conn.cursor() as cur:
+                for _ in range(self.rng.choice([1, 1, 1, 3, 8])):
+                    self._change(cur)
+            if self.rng.random() < 0.1:
+                conn.rollback()
+            else:
+                conn.commit()
+                self.transactions += 1
+        conn.close()
+
+    def _change(self, cur) -> None:
+        key = self.rng.randint(self.first_id, self.first_id + self.ids)
+        kind = self.rng.random()
+        if kind < 0.45:
+            cur.execute(
+                "INSERT INTO documents (id, title, body) VALUES (%s, %s, %s) ON CONFLICT "
+                "(id) DO UPDATE SET body = EXCLUDED.body",
+                (key, f"t{key}", f"body {self.rng.random()}"),
+            )
+        elif kind < 0.55:
+            body = os.urandom(4_000).hex()  # 8 kB, incompressible: stored as TOAST
+            cur.execute("UPDATE documents SET body = %s WHERE id = %s", (body, key))
+        elif kind < 0.8:
+            cur.execute(
+                "UPDATE documents SET title = %s, updated_at = now() WHERE id = %s",
+                (f"retitled {self.rng.random()}", key),
+            )
+        else:
+            cur.execute("DELETE FROM documents WHERE id = %s", (key,))
+
+
+def _serve(url: str, specs: Path) -> subprocess.Popen:
+    sophia = Path(sys.executable).parent / "sophia"
+    env = {**os.environ, "SOPHIA_POSTGRES_URL": url, "SOPHIA_FLOW_SPECS": str(specs)}
+    return subprocess.Popen(
+        [str(sophia), "flow", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_killed_at_random_moments_loses_and_doubles_nothing(source: str, tmp_path: Path) -> None:
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) SELECT g, 't', 'b' "
+        "FROM generate_series(1, 3000) g",
+    )
+    specs = catalog_copy(tmp_path, chunk_size=300)
+    workload = Workload(source, seed=11)
+    workload.start()
+    rng = random.Random(5)
+    kills = 0
+    try:
+        for _ in range(12):
+            process = _serve(source, specs)
+            try:
+                process.wait(timeout=rng.uniform(0.5, 2.5))
+                pytest.fail(f"serve exited by itself: {process.stderr.read()}")
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills += 1
+    finally:
+        workload.halt.set()
+        workload.join()
+    runner(source, load(specs)).drain()
+
+    assert kills == 12 and workload.transactions > 50
+    assert reduced_state(source) == source_state(source)
+    assert duplicated_changes(source) == []
+
+
+def test_sigterm_stops_serve_cleanly_and_it_resumes(source: str, tmp_path: Path) -> None:
+    specs = catalog_copy(tmp_path)
+    process = _serve(source, specs)
+    assert "serving sophia/source-postgres" in process.stderr.readline()
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 'a', 'b')")
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert "sophia/source-postgres: checkpoint" in out
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (2, 'a', 'b')")
+    runner(source, load(specs)).drain()
+    assert sorted(reduced_state(source)) == [1, 2]
+    assert duplicated_changes(source) == []
+
+
+def test_backfill_racing_with_writes(source: str, tmp_path: Path) -> None:
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) SELECT g, 't', 'b' "
+        "FROM generate_series(1, 4000) g",
+    )
+    catalog = load(catalog_copy(tmp_path, chunk_size=150))
+    workload = Workload(source, seed=3, ids=4500)
+    workload.start()
+    try:
+        report = runner(source, catalog).drain()
+    finally:
+        workload.halt.set()
+        workload.join()
+    runner(source, catalog).drain()
+
+    assert report.backfilled_rows >= 3000 and workload.transactions > 20
+    assert reduced_state(source) == source_state(source)
+    # Per key, the journal holds changes in source order: event LSNs only increase.
+    rows = sql(
+        source,
+        "SELECT key::text, array_agg((document #>> '{_meta,source,loc,1}')"
+        '::numeric ORDER BY "offset") FROM flow.journal WHERE collection = %s '
+        "AND document #> '{_meta,source,snapshot}' IS NULL GROUP BY key",
+        params=(COLLECTION,),
+    )
+    assert all(lsns == sorted(lsns) for _, lsns in rows)
+
+
+def test_dropped_slot_is_reported_and_rebackfill_reconciles(source: str, tmp_path: Path) -> None:
+    catalog = load(catalog_copy(tmp_path, chunk_size=50))
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) SELECT g, 't', 'b' FROM generate_series(1, 120) g",
+    )
+    capture = runner(source, catalog)
+    capture.drain()
+    sql(source, "SELECT pg_drop_replication_slot('flow_slot')")
+    sql(
+        source,
+        "DELETE FROM documents WHERE id <= 10",
+        "UPDATE documents SET title = 'new' WHERE id = 50",
+    )
+
+    with pytest.raises(
+        SourceError,
+        match=r"replication slot 'flow_slot' is gone \(dropped\?\)"
+        r".*`sophia flow drain --rebackfill`",
+    ):
+        capture.drain()
+    capture.reset_for_rebackfill()
+    capture.drain()
+    assert reduced_state(source) == source_state(source)
+
+
+def test_invalidated_slot_is_reported(tmp_path: Path) -> None:
+    server = embedded(tmp_path / "home")
+    url = server.ensure_running()
+    sql(url, DOCUMENTS_DDL)
+    catalog = load(catalog_copy(tmp_path))
+    capture = runner(url, catalog)
+    capture.drain()
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        cur.execute("SELECT pg_reload_conf()")
+        for _ in range(4):  # more WAL than the slot may hold back, then checkpoints
+            cur.execute("CREATE TABLE IF NOT EXISTS filler AS SELECT 1 AS x WITH NO DATA")
+            cur.execute("INSERT INTO filler SELECT g FROM generate_series(1, 100000) g")
+            cur.execute("SELECT pg_switch_wal()")
+            cur.execute("CHECKPOINT")
+        cur.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'flow_slot'")
+        assert cur.fetchone()[0] == "lost"
+    conn.close()
+    with pytest.raises(
+        SourceError,
+        match=r"replication slot 'flow_slot' cannot be used: it was "
+        r"invalidated .*--rebackfill",
+    ):
+        capture.drain()
+
+
+def test_wal_level_not_logical_says_how_to_fix(tmp_path: Path) -> None:
+    server = embedded(tmp_path / "home")
+    url = server.ensure_running()
+    sql(url, DOCUMENTS_DDL)
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    conn.cursor().execute("ALTER SYSTEM SET wal_level = replica")
+    conn.close()
+    server.stop()
+    url = server.ensure_running()
+    with pytest.raises(
+        SourceError,
+        match=r"wal_level is 'replica'.*ALTER SYSTEM SET wal_level "
+        r"= logical` and restart",
+    ):
+        runner(url, load(catalog_copy(tmp_path))).drain()
+
+
+def test_table_without_primary_key_is_refused(postgres_url: str, tmp_path: Path) -> None:
+    url = new_database(postgres_url)
+    try:
+        sql(url, "CREATE TABLE documents (id bigint, title text, body text)")
+        with pytest.raises(
+            SourceError,
+            match=r"public.documents has no primary key and no "
+            r"replica identity.*REPLICA IDENTITY FULL",
+        ):
+            runner(url, load(catalog_copy(tmp_path))).drain()
+    finally:
+        drop_database(url)
+
+
+def test_missing_table_is_named(postgres_url: str, tmp_path: Path) -> None:
+    url = new_database(postgres_url)
+    try:
+        with pytest.raises(
+            SourceError,
+            match=r"table public.documents named in the capture "
+            r"does not exist; create it",
+        ):
+            runner(url, load(catalog_copy(tmp_path))).drain()
+    finally:
+        drop_database(url)
+
+
+def test_serve_survives_a_postgres_restart(tmp_path: Path) -> None:
+    server = embedded(tmp_path / "home")
+    url = server.ensure_running()
+    sql(url, DOCUMENTS_DDL)
+    catalog = load(catalog_copy(tmp_path))
+    serving = runner(url, catalog)
+    stop = threading.Event()
+    thread = threading.Thread(target=serving.serve, args=(stop, 0.1), daemon=True)
+    thread.start()
+    try:
+        sql(url, "INSERT INTO documents (id, title, body) VALUES (1, 'before', 'b')")
+        runner(url, catalog).drain()  # waits until the serving capture has it
+        server.stop()
+        assert server.ensure_running() == url
+        sql(url, "INSERT INTO documents (id, title, body) VALUES (2, 'after', 'b')")
+        runner(url, catalog).drain()
+        assert sorted(reduced_state(url)) == [1, 2]
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert duplicated_changes(url) == []
+
+
+def test_failed_journal_write_confirms_and_keeps_nothing(source: str, tmp_path: Path) -> None:
+    catalog = load(catalog_copy(tmp_path))
+    capture = runner(source, catalog)
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 'ok', 'b')")
+    capture.drain()
+    before = sql(source, "SELECT count(*) FROM flow.journal")[0][0]
+    checkpoint = sql(source, "SELECT lsn FROM flow.checkpoints")[0][0]
+    confirmed = sql(source, "SELECT confirmed_flush_lsn FROM pg_replication_slots")[0][0]
+    sql(
+        source,
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.document->>'title' = 'poison' THEN RAISE EXCEPTION 'disk on fire'; END IF; "
+        "RETURN NEW; END $$",
+        "CREATE TRIGGER poison BEFORE INSERT ON flow.journal FOR EACH ROW EXECUTE FUNCTION "
+        "poison()",
+    )
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) VALUES (2, 'fine', 'b'), "
+        "(3, 'poison', 'b'), (4, 'fine', 'b')",
+    )
+
+    with pytest.raises(psycopg2.errors.RaiseException, match="disk on fire"):
+        capture.drain()
+    assert sql(source, "SELECT count(*) FROM flow.journal")[0][0] == before
+    assert sql(source, "SELECT lsn FROM flow.checkpoints")[0][0] == checkpoint
+    assert sql(source, "SELECT confirmed_flush_lsn FROM pg_replication_slots")[0][0] == confirmed
+    assert sorted(reduced_state(source)) == [1]
+
+    sql(source, "DROP TRIGGER poison ON flow.journal")
+    capture.drain()
+    assert sorted(reduced_state(source)) == [1, 2, 3, 4]
+    assert duplicated_changes(source) == []
