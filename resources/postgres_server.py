@@ -37,6 +37,8 @@ unix_socket_directories = ''
 wal_level = logical
 max_replication_slots = 16
 max_wal_senders = 16
+# The journal's commit times, for capture latency.
+track_commit_timestamp = on
 """
 
 

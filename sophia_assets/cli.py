@@ -139,26 +139,43 @@ def _demo_load(args: argparse.Namespace) -> int:
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    """The main job: today it seeds the source table through Dagster, recorded in the local
-    instance; capture, embedding, indexing and a search join it as their issues land."""
+    """The main command: seeds the source table, then runs the `main` job (today: the
+    capture; embedding, indexing and a search join it as their issues land). Both runs are
+    recorded in the local instance, so `dagster dev` shows them afterwards."""
     from sophia_assets.definitions import defs
     from sophia_assets.instance import local_instance
 
     with local_instance() as instance:
-        result = defs.get_job_def("demo_seed_job").execute_in_process(
+        seed = defs.get_job_def("demo_seed_job").execute_in_process(
             instance=instance,
             run_config={"ops": {"seed_demo_documents": {"config": {"rows": args.rows}}}},
             raise_on_error=False,
         )
-        events = result.asset_materializations_for_node("seed_demo_documents")
-    if not result.success:
-        print(
-            f"run {result.run_id} failed; see it in the Dagster UI (dagster dev)", file=sys.stderr
-        )
-        return 1
-    figures = {k: v.value for k, v in events[0].metadata.items()} if events else {}
-    print(f"run {result.run_id} succeeded: public.documents {figures}")
+        if not seed.success:
+            return _failed(seed.run_id)
+        events = seed.asset_materializations_for_node("seed_demo_documents")
+        figures = {k: v.value for k, v in events[0].metadata.items()}
+        print(f"seed run {seed.run_id}: public.documents {figures}")
+        main = defs.get_job_def("main").execute_in_process(instance=instance, raise_on_error=False)
+        if not main.success:
+            return _failed(main.run_id)
+        for event in main.get_asset_materialization_events():
+            materialization = event.step_materialization_data.materialization
+            shown = {
+                k: v.value
+                for k, v in materialization.metadata.items()
+                if k in ("documents", "commit_lsn", "latency_p50_ms", "latency_p99_ms")
+            }
+            print(f"main run {main.run_id}: {materialization.asset_key.to_user_string()} {shown}")
     return 0
+
+
+def _failed(run_id: str) -> int:
+    print(
+        f"run {run_id} failed; its logs are in the Dagster UI (`uv run dagster dev`)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _corpus(load_corpus: Callable, home) -> list:

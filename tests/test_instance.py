@@ -33,14 +33,20 @@ def test_main_command_run_is_visible_afterwards(tmp_path: Path, monkeypatch) -> 
     result = run_sophia(
         "demo", "run", "--rows", "200", cwd=tmp_path, env={"SOPHIA_HOME": str(tmp_path / ".sophia")}
     )
-    assert "succeeded: public.documents {'rows': 200, 'inserted': 200" in result.stdout
+    assert "public.documents {'rows': 200, 'inserted': 200" in result.stdout
+    assert "sophia/postgresql_cdc {'documents': 200" in result.stdout
 
     with _instance_in(tmp_path, monkeypatch) as instance:
         runs = instance.get_runs()
-        assert [(r.job_name, r.status) for r in runs] == [
-            ("demo_seed_job", dg.DagsterRunStatus.SUCCESS)
+        assert [(r.job_name, r.status) for r in reversed(runs)] == [
+            ("demo_seed_job", dg.DagsterRunStatus.SUCCESS),
+            ("main", dg.DagsterRunStatus.SUCCESS),
         ]
-        event = instance.get_latest_materialization_event(
+        seeded = instance.get_latest_materialization_event(
             dg.AssetKey(["postgres", "public", "documents"])
         )
-        assert event.asset_materialization.metadata["rows"].value == 200
+        assert seeded.asset_materialization.metadata["rows"].value == 200
+        captured = instance.get_latest_materialization_event(
+            dg.AssetKey(["sophia", "postgresql_cdc"])
+        )
+        assert captured.asset_materialization.metadata["documents"].value == 200

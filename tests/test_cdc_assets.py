@@ -1,0 +1,115 @@
+"""The capture as a Dagster asset, its latency check, and `sophia flow read`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from cdc import COLLECTION, DOCUMENTS_DDL, catalog_copy, drop_database, load, new_database, sql
+from conftest import run_sophia
+
+from resources.flow_runtime import FlowRuntimeResource
+from resources.postgres import PostgresResource
+from sophia_assets.assets.cdc import capture_asset
+from sophia_assets.catalog.translator import FlowTranslator
+from sophia_assets.checks.cdc_latency import latency_check
+from sophia_assets.flow import journal
+
+CDC_KEY = dg.AssetKey(["sophia", "postgresql_cdc"])
+
+
+@pytest.fixture
+def source(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = new_database(postgres_url)
+    sql(url, DOCUMENTS_DDL)
+    monkeypatch.setenv("CDC_TEST_URL", url)
+    yield url
+    drop_database(url)
+
+
+def _definitions(tmp_path: Path):
+    catalog = load(catalog_copy(tmp_path))
+    specs = {s.key: s for s in FlowTranslator(catalog).build_specs()}
+    asset = capture_asset(catalog.captures["sophia/source-postgres"], catalog, specs)
+    postgres = PostgresResource(url_env="CDC_TEST_URL")
+    resources = {"postgres": postgres, "flow_runtime": FlowRuntimeResource(postgres=postgres)}
+    return asset, latency_check(CDC_KEY), resources
+
+
+def test_materializing_the_collection_drains_the_capture(source: str, tmp_path: Path) -> None:
+    asset, _, resources = _definitions(tmp_path)
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 'a', 'b'), (2, 'c', 'd')")
+    first = dg.materialize([asset], resources=resources)
+    sql(
+        source,
+        "UPDATE documents SET title = 'e' WHERE id = 2",
+        "DELETE FROM documents WHERE id = 1",
+    )
+    second = dg.materialize([asset], resources=resources)
+
+    backfill = first.asset_materializations_for_node(asset.op.name)[0].metadata
+    assert backfill["documents"].value == 2 and backfill["backfilled_rows"].value == 2
+    changes = second.asset_materializations_for_node(asset.op.name)[0].metadata
+    assert (changes["first_offset"].value, changes["last_offset"].value) == (2, 3)
+    assert changes["latency_documents"].value == 2
+    assert 0 < changes["latency_p50_ms"].value <= changes["latency_p99_ms"].value
+    assert changes["commit_lsn"].value.count("/") == 1
+    assert asset.specs_by_key[CDC_KEY].freshness_policy is not None
+
+
+def _journal_rows_with_latency(url: str, milliseconds: list[float]) -> None:
+    """Journal rows whose source commit lies `ms` before this transaction's commit."""
+    conn = __import__("psycopg2").connect(url)
+    journal.ensure_schema(conn)
+    with conn, conn.cursor() as cur:
+        for offset, ms in enumerate(milliseconds):
+            cur.execute(
+                'INSERT INTO flow.journal (collection, "offset", key, document, commit_lsn, '
+                "source_ts) VALUES (%s, %s, %s, '{}', '0/1', now() - make_interval(secs => %s))",
+                (COLLECTION, offset, f"[{offset}]", ms / 1000),
+            )
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("latencies", "passed", "severity"),
+    [
+        ([1.0] * 100, True, None),
+        ([1.0] * 90 + [60.0] * 10, False, dg.AssetCheckSeverity.WARN),
+        ([1.0] * 90 + [400.0] * 10, False, dg.AssetCheckSeverity.ERROR),
+    ],
+    ids=["under-25ms", "warn-over-25ms", "fail-over-100ms"],
+)
+def test_latency_check(source: str, tmp_path: Path, latencies, passed, severity) -> None:
+    asset, check, resources = _definitions(tmp_path)
+    _journal_rows_with_latency(source, latencies)
+    result = dg.materialize(
+        [asset, check], resources=resources, selection=dg.AssetSelection.checks(check)
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is passed
+    if severity is not None:
+        assert evaluation.severity == severity
+    metadata = evaluation.metadata
+    assert metadata["latency_documents"].value == 100
+    assert metadata["latency_p99_ms"].value >= max(latencies)
+    assert {"latency_p50_ms", "latency_p95_ms", "latency_max_ms", "latency_window"} <= set(metadata)
+
+
+def test_flow_read_prints_journal_and_reduced_view(source: str, tmp_path: Path) -> None:
+    asset, _, resources = _definitions(tmp_path)
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 'a', 'b'), (2, 'c', 'd')")
+    dg.materialize([asset], resources=resources)
+    sql(source, "DELETE FROM documents WHERE id = 1")
+    dg.materialize([asset], resources=resources)
+    env = {"SOPHIA_POSTGRES_URL": source}
+
+    journal_lines = run_sophia("flow", "read", COLLECTION, env=env).stdout.splitlines()
+    assert [json.loads(line)["_meta"]["op"] for line in journal_lines] == ["c", "c", "d"]
+    since = run_sophia("flow", "read", COLLECTION, "--since", "2", env=env).stdout
+    assert [json.loads(line)["id"] for line in since.splitlines()] == [1]
+    reduced = run_sophia("flow", "read", COLLECTION, "--reduced", env=env).stdout
+    assert [json.loads(line)["id"] for line in reduced.splitlines()] == [2]
