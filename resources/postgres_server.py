@@ -148,8 +148,6 @@ class EmbeddedPostgres:
             ],
             what="initdb",
         )
-        with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(SERVER_SETTINGS)
         status = self._start()
         self._create_database(status)
         self._initialized_marker.write_text("PostgreSQL data directory initialised\n")
@@ -158,6 +156,7 @@ class EmbeddedPostgres:
         """Starts on a free loopback port; one retry if another process took that port."""
         for attempt in range(2):
             log_offset = self.log.stat().st_size if self.log.exists() else 0
+            self._write_settings()
             port = self._choose_port(fresh=attempt > 0)
             try:
                 self._pg_ctl(["-l", str(self.log), "-w", "-t", "60", "-o", f"-p {port}", "start"])
@@ -175,6 +174,20 @@ class EmbeddedPostgres:
                 (self.root / "port").write_text(f"{status.port}\n")
                 return status
         raise PostgresStartError(f"embedded PostgreSQL in {self.data} did not report ready")
+
+    def _write_settings(self) -> None:
+        """Our settings live in sophia.conf, rewritten at every start, so a server made by an
+        older version of the project gets new ones on its next start. `ALTER SYSTEM` still
+        overrides them (postgresql.auto.conf is read last)."""
+        include = "include_if_exists = 'sophia.conf'"
+        conf = self.data / "postgresql.conf"
+        if include not in conf.read_text():
+            with open(conf, "a") as handle:
+                handle.write(f"\n{include}\n")
+        settings = self.data / "sophia.conf"
+        settings.write_text(SERVER_SETTINGS.lstrip())
+        if user := _system_user():
+            os.chown(settings, user.pw_uid, user.pw_gid)
 
     def _choose_port(self, fresh: bool) -> int:
         """The port of the last run when it is still free, so URLs stay stable across restarts."""

@@ -5,6 +5,7 @@
     sophia demo run [--rows N]             the main job on the embedded defaults
     sophia postgres start|stop|status|url  the embedded PostgreSQL under SOPHIA_HOME
     sophia catalog validate                check flow_specs/ and print its lineage
+    sophia bench cdc [--json]              capture throughput and latency vs the floor
     sophia flow drain [--rebackfill]       capture up to now, then stop
     sophia flow serve                      capture continuously until SIGTERM/SIGINT
     sophia flow read COLLECTION [--reduced] [--since OFFSET]
@@ -87,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--reduced", action="store_true", help="the current document per key")
     read.add_argument("--since", type=int, default=0, help="first journal offset (0)")
     read.set_defaults(handler=_flow_read)
+
+    bench = verbs.add_parser("bench", help="benchmarks against a baseline from the same run")
+    bench_verbs = bench.add_subparsers(title="benchmarks")
+    cdc = bench_verbs.add_parser("cdc", help="capture vs pg_recvlogical; latency at a rate")
+    cdc.add_argument("--rows", type=int, default=100_000, help="bulk rows (100000)")
+    cdc.add_argument("--rate", type=float, default=1000, help="steady tx/s (1000)")
+    cdc.add_argument("--seconds", type=float, default=10, help="steady phase length (10)")
+    cdc.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    cdc.set_defaults(handler=_bench_cdc)
 
     catalog = verbs.add_parser("catalog", help="the flow_specs catalog")
     catalog_verbs = catalog.add_subparsers(title="catalog commands")
@@ -358,6 +368,27 @@ def _flow_read(args: argparse.Namespace) -> int:
                 out.write(orjson.dumps(document) + b"\n")
     finally:
         conn.close()
+    return 0
+
+
+# -- bench ---------------------------------------------------------------------------------
+
+
+def _bench_cdc(args: argparse.Namespace) -> int:
+    from resources.postgres_server import postgres_url
+    from sophia_assets.bench.cdc import print_figures, run_cdc_bench
+    from sophia_assets.catalog import load_catalog
+    from sophia_assets.home import flow_specs_dir
+
+    figures = run_cdc_bench(
+        postgres_url(),
+        load_catalog(flow_specs_dir()),
+        args.rows,
+        args.rate,
+        args.seconds,
+        say=lambda text: print(text, file=sys.stderr, flush=True),
+    )
+    print_figures(figures, args.json)
     return 0
 
 

@@ -64,11 +64,24 @@ def capture_bindings(capture: Capture, catalog: Catalog) -> list[Binding]:
                 stream=stream,
                 collection=collection,
                 key_columns=_key_columns(collection),
-                validate=fastjsonschema.compile(collection.schema),
+                validate=fastjsonschema.compile(validation_schema(collection.schema)),
                 reducer=Reducer(collection.schema),
             )
         )
     return bindings
+
+
+# Keywords that only annotate; `if`/`then`/`else` made only of them constrain nothing.
+ANNOTATIONS = frozenset({"reduce", "title", "description", "$comment", "examples", "default"})
+
+
+def validation_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without conditionals that only choose a `reduce` annotation: they cannot
+    make a document invalid, and evaluating them for every document is most of the cost."""
+    branches = [schema.get("then") or {}, schema.get("else") or {}]
+    if "if" in schema and all(set(b) <= ANNOTATIONS for b in branches):
+        return {k: v for k, v in schema.items() if k not in ("if", "then", "else")}
+    return schema
 
 
 def _key_columns(collection: Collection) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ At the watermark, the chunk's rows are emitted and the cursor advances.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import select
 import threading
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fastjsonschema
 import orjson
 import psycopg2
 import psycopg2.extras
@@ -50,6 +50,7 @@ from sophia_assets.flow.source import (
     slot_status,
 )
 from sophia_assets.flow.values import Converter, converter
+from sophia_assets.flow.writer import Batch, CollectionFigures, JournalWriter
 
 log = logging.getLogger("sophia.flow")
 MAX_BATCH_DOCUMENTS = 20_000
@@ -58,14 +59,6 @@ IDLE_WAIT_S = 0.5
 
 class CaptureBusy(RuntimeError):
     """Another process runs this capture."""
-
-
-@dataclass
-class CollectionFigures:
-    documents: int = 0
-    quarantined: int = 0
-    first_offset: int | None = None
-    last_offset: int | None = None
 
 
 @dataclass
@@ -136,6 +129,8 @@ class CaptureRunner:
         self.journal_url = journal_url
         self.on_batch = on_batch
         self.report = CaptureReport(task=capture.name)
+        # Set while a session of this runner is streaming from its slot.
+        self.streaming = threading.Event()
 
     # -- modes ------------------------------------------------------------------------------
 
@@ -155,6 +150,11 @@ class CaptureRunner:
         while not stop.is_set():
             try:
                 return self._run(stop=stop)
+            except CaptureBusy:
+                # A drain (or another serve) holds the capture; take over when it lets go.
+                log.info("capture %s is busy in another process; retrying", self.settings.task)
+                stop.wait(delay)
+                continue
             except psycopg2.Error as err:
                 if not _connection_lost(err):
                     raise
@@ -292,6 +292,8 @@ class _Session:
         self.drain_mark: str | None = None
         self.drain_reached = False
         self.next_offsets: dict[str, int] = {}
+        self.writer: JournalWriter | None = None
+        self.submitted = 0  # end LSN of the last batch handed to the writer
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -345,6 +347,16 @@ class _Session:
             options={"proto_version": "1", "publication_names": self.settings.publication},
             status_interval=10,
         )
+        self.submitted = self.checkpoint
+        self.runner.streaming.set()
+        report = self.report
+        self.writer = JournalWriter(
+            self.journal,
+            self.settings.task,
+            self.next_offsets,
+            report,
+            on_commit=lambda lsn: self.runner.on_batch(report),
+        )
 
     def _prepare_slot(self, cur, checkpoint) -> None:
         confirmed, problem = slot_status(cur, self.settings.slot)
@@ -365,6 +377,9 @@ class _Session:
             log.info("created replication slot %s at %s", slot, created)
 
     def close(self) -> None:
+        self.runner.streaming.clear()
+        if self.writer is not None:
+            self.writer.close()
         for conn in (self.replication, self.source, self.journal):
             if conn is not None:
                 with contextlib.suppress(psycopg2.Error):
@@ -384,20 +399,20 @@ class _Session:
             if self.chunk is None and not self._backfill_done():
                 self._start_chunk()
             received = self._pump()
-            if self.pending and (not received or len(self.pending) >= MAX_BATCH_DOCUMENTS):
-                self._flush()
-            elif not received and self.pending_lsn > self.checkpoint:
-                self._flush()  # transactions with nothing for us still move the checkpoint
-        if self.tx is None and (self.pending or self.pending_lsn > self.checkpoint):
+            # Group commit: what arrives while the writer commits one batch becomes the next
+            # batch, so batches grow with the load and latency stays flat.
             self._flush()
+            if not received:
+                select.select([self.stream], [], [], IDLE_WAIT_S if self._idle() else 0.002)
+        self._flush(wait=True)
+
+    def _idle(self) -> bool:
+        return not self.pending and self.submitted == self.checkpoint
 
     def _pump(self) -> int:
-        """Handles the messages available now (waiting briefly if there are none)."""
-        message = self.stream.read_message()
-        if message is None:
-            select.select([self.stream], [], [], IDLE_WAIT_S)
-            message = self.stream.read_message()
+        """Handles the messages available now, without waiting."""
         handled = 0
+        message = self.stream.read_message()
         while message is not None:
             self._handle(message.payload, message.data_start)
             handled += 1
@@ -613,13 +628,17 @@ class _Session:
                 _key_text(tuple(converters[i](v) for i, v in zip(key_index, row, strict=True)))
                 for row in cur
             }
-        with self.journal.cursor() as cur:
-            cur.execute(
-                "SELECT key::text FROM flow.reduced WHERE collection = %s",
-                (binding.collection.name,),
-            )
-            stale = [orjson.loads(key) for (key,) in cur.fetchall()]
-        self.journal.commit()
+        self._flush(wait=True)  # the reduced view must hold everything emitted so far
+        reader = psycopg2.connect(self.runner.journal_url)
+        try:
+            with reader, reader.cursor() as cur:
+                cur.execute(
+                    "SELECT key::text FROM flow.reduced WHERE collection = %s",
+                    (binding.collection.name,),
+                )
+                stale = [orjson.loads(key) for (key,) in cur.fetchall()]
+        finally:
+            reader.close()
         for values in stale:
             key = _key_text(tuple(values))
             if key in present:
@@ -644,91 +663,26 @@ class _Session:
 
     # -- the exactly-once commit ------------------------------------------------------------
 
-    def _flush(self) -> None:
-        changes, self.pending = self.pending, []
-        lsn = self.pending_lsn
-        by_collection: dict[str, list[Change]] = {}
-        for change in changes:
-            by_collection.setdefault(change.binding.collection.name, []).append(change)
-        offsets = dict(self.next_offsets)
-        try:
-            with self.journal.cursor() as cur:
-                for name, items in by_collection.items():
-                    offsets[name] = self._write_collection(cur, name, items, offsets[name])
-                journal.save_checkpoint(cur, self.settings.task, lsn_text(lsn), self.state)
-            self.journal.commit()
-        except BaseException:
-            self._rollback()
-            raise
-        self.next_offsets = offsets
-        self.checkpoint = lsn
-        # Confirmed only now that the journal has it.
-        self.stream.send_feedback(write_lsn=lsn, flush_lsn=lsn)
-        self.report.checkpoint_lsn = lsn_text(lsn)
-        self.report.batches += 1
-        self.runner.on_batch(self.report)
+    def _flush(self, wait: bool = False) -> None:
+        """Hands the pending changes to the journal writer. Without `wait` it does not block
+        on a busy writer (unless the batch is full): changes keep gathering meanwhile."""
+        if self.pending or self.pending_lsn > self.submitted:
+            block = wait or len(self.pending) >= MAX_BATCH_DOCUMENTS
+            batch = Batch(self.pending, self.pending_lsn, copy.deepcopy(self.state))
+            if self.writer.offer(batch, block=block):
+                self.pending = []
+                self.submitted = self.pending_lsn
+        if wait:
+            self.writer.finish()
+        self._confirm()
 
-    def _rollback(self) -> None:
-        with contextlib.suppress(psycopg2.Error):
-            self.journal.rollback()
-
-    def _write_collection(self, cur, name: str, items: list[Change], first_offset: int) -> int:
-        binding = items[0].binding
-        keys = list(dict.fromkeys(change.key for change in items))
-        current: dict[str, dict | None] = dict(journal.reduced_documents(cur, name, keys))
-        entries: list[journal.Entry] = []
-        reduced: dict[str, tuple[dict | None, int]] = {}
-        figures = self.report.collections.setdefault(name, CollectionFigures())
-        offset = first_offset
-        for change in items:
-            previous = current.get(change.key)
-            document = change.document
-            if change.unchanged:
-                _carry_unchanged(document, change.unchanged, previous, name, change.key)
-            if change.op == "u" and previous is not None:
-                document["_meta"]["before"] = {k: v for k, v in previous.items() if k != "_meta"}
-            try:
-                binding.validate(document)
-            except fastjsonschema.JsonSchemaException as err:
-                journal.quarantine(
-                    cur, name, document, f"schema: {err.message}", document["_meta"]["source"]
-                )
-                figures.quarantined += 1
-                continue
-            after = binding.reducer.reduce(previous, document)
-            current[change.key] = after
-            entries.append(
-                journal.Entry(
-                    change.key, document, lsn_text(change.commit_lsn), change.source_ts_ms
-                )
-            )
-            reduced[change.key] = (after, offset)
-            offset += 1
-        if entries:
-            journal.append(cur, name, first_offset, entries)
-            journal.write_reduced(cur, name, reduced)
-            figures.documents += len(entries)
-            figures.first_offset = (
-                first_offset if figures.first_offset is None else figures.first_offset
-            )
-            figures.last_offset = offset - 1
-        return offset
-
-
-def _carry_unchanged(
-    document: dict, columns: tuple[str, ...], previous: dict | None, collection: str, key: str
-) -> None:
-    """pgoutput leaves out unchanged TOASTed values; the previous document has them."""
-    for column in columns:
-        if previous is not None and column in previous:
-            document[column] = previous[column]
-        else:
-            log.warning(
-                "%s %s: unchanged value of %r is not in the collection; left out",
-                collection,
-                key,
-                column,
-            )
+    def _confirm(self) -> None:
+        """Confirms to the slot what the writer has committed, and only that."""
+        lsn = self.writer.committed()
+        if lsn is not None:
+            self.checkpoint = lsn
+            self.stream.send_feedback(write_lsn=lsn, flush_lsn=lsn)
+            self.report.checkpoint_lsn = lsn_text(lsn)
 
 
 def _as_snapshot(document: dict[str, Any]) -> dict[str, Any]:

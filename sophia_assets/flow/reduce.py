@@ -18,14 +18,23 @@ class Reducer:
     def __init__(self, schema: dict[str, Any]):
         self._schema = schema
         self._condition = None
+        self._meta_op = None
         if "if" in schema and ("then" in schema or "else" in schema):
-            self._condition = fastjsonschema.compile(schema["if"])
+            self._meta_op = _meta_op_condition(schema["if"])
+            if self._meta_op is None:
+                self._condition = fastjsonschema.compile(schema["if"])
         self._then = (schema.get("then") or {}).get("reduce")
         self._else = (schema.get("else") or {}).get("reduce")
         self._root = schema.get("reduce") or DEFAULT
 
     def annotation(self, document: dict[str, Any]) -> dict[str, Any]:
-        if self._condition is not None:
+        if self._meta_op is not None:
+            meta = document.get("_meta")
+            matched = isinstance(meta, dict) and meta.get("op") == self._meta_op
+            chosen = self._then if matched else self._else
+            if chosen is not None:
+                return chosen
+        elif self._condition is not None:
             try:
                 self._condition(document)
                 chosen = self._then
@@ -45,6 +54,24 @@ class Reducer:
         if previous is None:
             return document
         return _combine(self._schema, previous, document, annotation.get("strategy"))
+
+
+def _meta_op_condition(condition: dict[str, Any]) -> str | None:
+    """The op of Estuary's usual delete condition, `{required: [_meta], properties: {_meta:
+    {properties: {op: {const: X}}}}}`, checked directly instead of by a schema validator."""
+    try:
+        meta = condition["properties"]["_meta"]
+        op = meta["properties"]["op"]["const"]
+    except (KeyError, TypeError):
+        return None
+    extra = set(condition) - {"required", "properties"}
+    if extra or set(condition["properties"]) != {"_meta"} or set(meta) != {"properties"}:
+        return None
+    if set(meta["properties"]) != {"op"} or set(meta["properties"]["op"]) != {"const"}:
+        return None
+    if condition.get("required", ["_meta"]) != ["_meta"]:
+        return None
+    return op if isinstance(op, str) else None
 
 
 def _combine(schema: dict[str, Any], left: Any, right: Any, strategy: str | None) -> Any:

@@ -1,0 +1,187 @@
+"""The journal writer: commits batches of captured changes on its own thread, so decoding the
+next batch overlaps the database's work on this one (psycopg2 releases the GIL while it
+waits). Batches are written one at a time, in order, each in one transaction with the
+capture's checkpoint; the LSNs it reports as committed are the only ones the capture
+confirms to the slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fastjsonschema
+
+from sophia_assets.flow import journal
+from sophia_assets.flow.pgoutput import lsn_text
+
+log = logging.getLogger("sophia.flow")
+
+
+@dataclass
+class CollectionFigures:
+    documents: int = 0
+    quarantined: int = 0
+    first_offset: int | None = None
+    last_offset: int | None = None
+
+
+@dataclass
+class Batch:
+    changes: list  # of capture.Change, in source order
+    lsn: int  # end LSN of the last source transaction in the batch
+    state: dict[str, Any]  # the capture's backfill state after the batch
+
+
+class JournalWriter:
+    def __init__(
+        self,
+        conn,
+        task: str,
+        next_offsets: dict[str, int],
+        figures: Any,
+        on_commit: Callable[[int], None],
+    ):
+        """`figures` (the capture's report) gets `batches` and per-collection figures."""
+        self._conn = conn
+        self._task = task
+        self._offsets = next_offsets
+        self.figures = figures
+        self._on_commit = on_commit
+        self._batches: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._committed: queue.Queue[int] = queue.Queue()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"journal:{task}", daemon=True)
+        self._thread.start()
+
+    # -- called by the capture's thread -----------------------------------------------------
+
+    def offer(self, batch: Batch, block: bool) -> bool:
+        """Queues the batch; without `block`, returns False when the writer is still busy
+        (the capture then keeps gathering, and the next batch is larger)."""
+        self.raise_if_failed()
+        try:
+            self._batches.put(batch, block=block)
+        except queue.Full:
+            return False
+        return True
+
+    def committed(self) -> int | None:
+        """The highest LSN committed since the last call, if any."""
+        self.raise_if_failed()
+        lsn = None
+        while True:
+            try:
+                lsn = self._committed.get_nowait()
+            except queue.Empty:
+                return lsn
+
+    def finish(self) -> int | None:
+        """Waits until every queued batch is committed; returns the last LSN committed."""
+        self._batches.join()
+        return self.committed()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._batches.put(None)
+            self._thread.join(timeout=60)
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    # -- the writer's thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._batches.get()
+            try:
+                if batch is None or self.error is not None:
+                    return
+                self._write(batch)
+                self._committed.put(batch.lsn)
+                self._on_commit(batch.lsn)
+            except BaseException as err:  # handed to the capture's thread
+                self.error = err
+            finally:
+                self._batches.task_done()
+
+    def _write(self, batch: Batch) -> None:
+        by_collection: dict[str, list] = {}
+        for change in batch.changes:
+            by_collection.setdefault(change.binding.collection.name, []).append(change)
+        offsets = dict(self._offsets)
+        try:
+            with self._conn.cursor() as cur:
+                for name, items in by_collection.items():
+                    offsets[name] = self._write_collection(cur, name, items, offsets[name])
+                journal.save_checkpoint(cur, self._task, lsn_text(batch.lsn), batch.state)
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+        self._offsets.update(offsets)
+        self.figures.batches += 1
+
+    def _write_collection(self, cur, name: str, items: list, first_offset: int) -> int:
+        binding = items[0].binding
+        keys = list(dict.fromkeys(change.key for change in items))
+        current: dict[str, dict | None] = dict(journal.reduced_documents(cur, name, keys))
+        existing = set(current)
+        entries: list[journal.Entry] = []
+        reduced: dict[str, tuple[dict | None, int]] = {}
+        figures = self.figures.collections.setdefault(name, CollectionFigures())
+        offset = first_offset
+        for change in items:
+            previous = current.get(change.key)
+            document = change.document
+            if change.unchanged:
+                _carry_unchanged(document, change.unchanged, previous, name, change.key)
+            if change.op == "u" and previous is not None:
+                document["_meta"]["before"] = {k: v for k, v in previous.items() if k != "_meta"}
+            try:
+                binding.validate(document)
+            except fastjsonschema.JsonSchemaException as err:
+                journal.quarantine(
+                    cur, name, document, f"schema: {err.message}", document["_meta"]["source"]
+                )
+                figures.quarantined += 1
+                continue
+            after = binding.reducer.reduce(previous, document)
+            current[change.key] = after
+            entries.append(
+                journal.Entry(
+                    change.key, document, lsn_text(change.commit_lsn), change.source_ts_ms
+                )
+            )
+            reduced[change.key] = (after, offset)
+            offset += 1
+        if entries:
+            texts: dict[int, str] = {}
+            journal.append(cur, name, first_offset, entries, texts)
+            journal.write_reduced(cur, name, reduced, existing, texts)
+            figures.documents += len(entries)
+            if figures.first_offset is None:
+                figures.first_offset = first_offset
+            figures.last_offset = offset - 1
+        return offset
+
+
+def _carry_unchanged(
+    document: dict, columns: tuple[str, ...], previous: dict | None, collection: str, key: str
+) -> None:
+    """pgoutput leaves out unchanged TOASTed values; the previous document has them."""
+    for column in columns:
+        if previous is not None and column in previous:
+            document[column] = previous[column]
+        else:
+            log.warning(
+                "%s %s: unchanged value of %r is not in the collection; left out",
+                collection,
+                key,
+                column,
+            )
