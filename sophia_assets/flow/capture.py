@@ -55,6 +55,9 @@ from sophia_assets.flow.writer import Batch, CollectionFigures, JournalWriter
 log = logging.getLogger("sophia.flow")
 MAX_BATCH_DOCUMENTS = 20_000
 IDLE_WAIT_S = 0.5
+# An idle serve writes a watermark this often, so the slot's confirmed position follows the
+# server's WAL (journal writes, other databases) instead of holding it all back.
+HEARTBEAT_S = 30.0
 
 
 class CaptureBusy(RuntimeError):
@@ -294,6 +297,7 @@ class _Session:
         self.next_offsets: dict[str, int] = {}
         self.writer: JournalWriter | None = None
         self.submitted = 0  # end LSN of the last batch handed to the writer
+        self.last_activity = time.monotonic()
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -398,7 +402,13 @@ class _Session:
                 break
             if self.chunk is None and not self._backfill_done():
                 self._start_chunk()
+            if stop is not None and time.monotonic() - self.last_activity > HEARTBEAT_S:
+                with self.source.cursor() as cur:
+                    _write_watermark(cur, self.settings, "heartbeat")
+                self.last_activity = time.monotonic()
             received = self._pump()
+            if received:
+                self.last_activity = time.monotonic()
             # Group commit: what arrives while the writer commits one batch becomes the next
             # batch, so batches grow with the load and latency stays flat.
             self._flush()
@@ -681,7 +691,7 @@ class _Session:
         lsn = self.writer.committed()
         if lsn is not None:
             self.checkpoint = lsn
-            self.stream.send_feedback(write_lsn=lsn, flush_lsn=lsn)
+            self.stream.send_feedback(write_lsn=lsn, flush_lsn=lsn, force=True)
             self.report.checkpoint_lsn = lsn_text(lsn)
 
 

@@ -80,10 +80,10 @@ class JournalWriter:
             except queue.Empty:
                 return lsn
 
-    def finish(self) -> int | None:
-        """Waits until every queued batch is committed; returns the last LSN committed."""
+    def finish(self) -> None:
+        """Waits until every queued batch is committed (or the writer failed)."""
         self._batches.join()
-        return self.committed()
+        self.raise_if_failed()
 
     def close(self) -> None:
         if self._thread.is_alive():
