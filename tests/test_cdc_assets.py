@@ -113,3 +113,29 @@ def test_flow_read_prints_journal_and_reduced_view(source: str, tmp_path: Path) 
     assert [json.loads(line)["id"] for line in since.splitlines()] == [1]
     reduced = run_sophia("flow", "read", COLLECTION, "--reduced", env=env).stdout
     assert [json.loads(line)["id"] for line in reduced.splitlines()] == [2]
+
+
+def test_bench_cdc_prints_its_figures_as_json(postgres_url: str) -> None:
+    """The benchmark runs end to end on a small load (its figures are not asserted: timings
+    are never test assertions here)."""
+    result = run_sophia(
+        "bench",
+        "cdc",
+        "--rows",
+        "3000",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--json",
+        env={"SOPHIA_POSTGRES_URL": postgres_url.rsplit("/", 1)[0] + "/postgres"},
+    )
+    figures = json.loads(result.stdout.splitlines()[-1])
+    assert {
+        "floor_rows_per_s",
+        "journal_rows_per_s",
+        "ratio",
+        "latency_p50_ms",
+        "latency_p99_ms",
+    } <= set(figures)
+    assert figures["rows"] == 3000 and figures["latency_documents"] == 200

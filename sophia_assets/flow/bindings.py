@@ -4,6 +4,7 @@ columns, schema validator and reducer, all derived from the catalog."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import fastjsonschema
@@ -64,12 +65,24 @@ def capture_bindings(capture: Capture, catalog: Catalog) -> list[Binding]:
                 stream=stream,
                 collection=collection,
                 key_columns=_key_columns(collection),
-                validate=fastjsonschema.compile(validation_schema(collection.schema)),
+                validate=fastjsonschema.compile(
+                    validation_schema(collection.schema), formats=FORMATS
+                ),
                 reducer=Reducer(collection.schema),
             )
         )
     return bindings
 
+
+def _is_date_time(text: str) -> bool:
+    """RFC 3339 date-time, checked by the C parser rather than fastjsonschema's regex."""
+    try:
+        return "T" in text.upper() and datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
+FORMATS = {"date-time": _is_date_time}
 
 # Keywords that only annotate; `if`/`then`/`else` made only of them constrain nothing.
 ANNOTATIONS = frozenset({"reduce", "title", "description", "$comment", "examples", "default"})

@@ -9,6 +9,7 @@ inside, and converting to jsonb was most of the journal's write cost.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,6 +169,7 @@ def _json_copy_text(value) -> str:
     return text.replace("\\", "\\\\")
 
 
+@functools.lru_cache(maxsize=4096)  # every change of a transaction shares its commit time
 def _timestamp_text(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 

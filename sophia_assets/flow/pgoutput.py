@@ -6,6 +6,7 @@ Only what a capture needs is kept: transaction bounds, relation descriptions and
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -182,6 +183,7 @@ def _tuple(payload: bytes, offset: int) -> tuple[list, int]:
     return values, offset
 
 
+@functools.lru_cache(maxsize=4096)  # every change of a transaction shares its commit LSN
 def lsn_text(lsn: int) -> str:
     """64-bit LSN -> Postgres' `X/Y` text form."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
