@@ -6,6 +6,8 @@
     sophia postgres start|stop|status|url  the embedded PostgreSQL under SOPHIA_HOME
     sophia catalog validate                check flow_specs/ and print its lineage
     sophia bench cdc [--json]              capture throughput and latency vs the floor
+    sophia search TEXT [--top-k K] [--json]
+                                           nearest documents in the vector index
     sophia flow drain [--rebackfill]       capture up to now, then stop
     sophia flow serve                      capture continuously until SIGTERM/SIGINT
     sophia flow read COLLECTION [--reduced] [--since OFFSET]
@@ -58,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=0, help="random seed of the change mix")
     load.set_defaults(handler=_demo_load)
     run = demo_verbs.add_parser("run", help="run the main job on the embedded defaults")
-    run.add_argument("--rows", type=int, default=10_000, help="documents to seed (10000)")
+    run.add_argument(
+        "--rows",
+        type=int,
+        default=1_000,
+        help="documents to seed (1000: embedding on a CPU takes about a minute)",
+    )
     run.set_defaults(handler=_demo_run)
 
     postgres = verbs.add_parser("postgres", help="the embedded PostgreSQL server")
@@ -88,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--reduced", action="store_true", help="the current document per key")
     read.add_argument("--since", type=int, default=0, help="first journal offset (0)")
     read.set_defaults(handler=_flow_read)
+
+    search = verbs.add_parser("search", help="semantic search over the vector index")
+    search.add_argument("text", help="what to look for")
+    search.add_argument("--top-k", type=int, default=5, help="how many documents (5)")
+    search.add_argument("--json", action="store_true", help="one JSON array of results")
+    search.set_defaults(handler=_search)
 
     bench = verbs.add_parser("bench", help="benchmarks against a baseline from the same run")
     bench_verbs = bench.add_subparsers(title="benchmarks")
@@ -149,9 +162,9 @@ def _demo_load(args: argparse.Namespace) -> int:
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    """The main command: seeds the source table, then runs the `main` job (today: the
-    capture; embedding, indexing and a search join it as their issues land). Both runs are
-    recorded in the local instance, so `dagster dev` shows them afterwards."""
+    """The main command: seeds the source table, runs the `main` job (capture, embed, index)
+    and prints a search result. Both runs are recorded in the local instance, so
+    `dagster dev` shows them afterwards."""
     from sophia_assets.definitions import defs
     from sophia_assets.instance import local_instance
 
@@ -166,17 +179,72 @@ def _demo_run(args: argparse.Namespace) -> int:
         events = seed.asset_materializations_for_node("seed_demo_documents")
         figures = {k: v.value for k, v in events[0].metadata.items()}
         print(f"seed run {seed.run_id}: public.documents {figures}")
-        main = defs.get_job_def("main").execute_in_process(instance=instance, raise_on_error=False)
+        main = defs.resolve_job_def("main").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
         if not main.success:
             return _failed(main.run_id)
         for event in main.get_asset_materialization_events():
             materialization = event.step_materialization_data.materialization
-            shown = {
-                k: v.value
-                for k, v in materialization.metadata.items()
-                if k in ("documents", "commit_lsn", "latency_p50_ms", "latency_p99_ms")
-            }
+            shown = {k: v.value for k, v in materialization.metadata.items() if k in SHOWN}
             print(f"main run {main.run_id}: {materialization.asset_key.to_user_string()} {shown}")
+    query = _demo_query()
+    print(f'search "{query}":')
+    _print_results(_searcher()(query, 3))
+    return 0
+
+
+SHOWN = (
+    "documents",
+    "commit_lsn",
+    "latency_p99_ms",
+    "embedded_documents",
+    "documents_per_s",
+    "vectors",
+    "applied_offset",
+)
+
+
+def _demo_query() -> str:
+    """A question answered by a seeded document: the first sentence of document 1."""
+    import psycopg2
+
+    from resources.postgres_server import postgres_url
+
+    conn = psycopg2.connect(postgres_url())
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT body FROM public.documents ORDER BY id LIMIT 1")
+            (body,) = cur.fetchone()
+    finally:
+        conn.close()
+    return body.split("\n\n")[0].replace("\n", " ").split(". ")[0][:120]
+
+
+def _searcher():
+    from resources.embedder import EmbedderResource
+    from resources.postgres import PostgresResource
+    from resources.vector_index import PgVectorIndex
+    from sophia_assets.embedding.search import Search
+
+    return Search(EmbedderResource().load(), PgVectorIndex(postgres=PostgresResource()))
+
+
+def _print_results(results) -> None:
+    for rank, result in enumerate(results, 1):
+        print(f"  {rank}. [{result.score:.3f}] {result.title} (id {result.id})")
+
+
+def _search(args: argparse.Namespace) -> int:
+    import json
+
+    results = _searcher()(args.text, args.top_k)
+    if args.json:
+        print(json.dumps([{"id": r.id, "title": r.title, "score": r.score} for r in results]))
+    elif results:
+        _print_results(results)
+    else:
+        print("no results: the index is empty; run `sophia demo run` first", file=sys.stderr)
     return 0
 
 

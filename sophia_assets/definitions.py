@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from resources.embedder import EmbedderResource
 from resources.flow_runtime import FlowRuntimeResource
 from resources.postgres import PostgresResource
+from resources.vector_index import PgVectorIndex
 from sophia_assets.assets.cdc import capture_asset
+from sophia_assets.assets.embeddings import vector_index_asset, vector_updates_asset
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
@@ -21,21 +24,47 @@ from sophia_assets.home import flow_specs_dir
 catalog = load_catalog(flow_specs_dir())
 specs = {spec.key: spec for spec in FlowTranslator(catalog).build_specs()}
 
-# Captures the local flow runtime can run become materializable; the other catalog nodes stay
-# external until their issues give them compute: nothing pretends to materialize.
+# Captures the local flow runtime can run become materializable, and so do the embedding
+# derivation and the vector index; anything else in the catalog stays an external asset.
 captures = [capture_asset(c, catalog, specs) for c in runnable_captures(catalog)]
 captured = {key for assets_def in captures for key in assets_def.keys}
+embedder = EmbedderResource()
+derived = [
+    vector_updates_asset(catalog, specs[key], embedder.card().version)
+    for key in (
+        dg.AssetKey(name.split("/"))
+        for name, c in catalog.collections.items()
+        if c.derivation and "embed" in str(c.derivation.using)
+    )
+]
+embedded = {key for assets_def in derived for key in assets_def.keys}
+indexes = [
+    vector_index_asset(spec, "/".join(next(iter(spec.deps)).asset_key.path))
+    for spec in specs.values()
+    if spec.group_name == "vector_index" and {d.asset_key for d in spec.deps} <= embedded
+]
+computed = captured | embedded | {key for assets_def in indexes for key in assets_def.keys}
 
 main_job = dg.define_asset_job(
     "main",
-    selection=dg.AssetSelection.assets(*captured),
-    description="The data path on the configured backends: capture (embed and index follow).",
+    selection=dg.AssetSelection.assets(*computed),
+    description="The data path on the configured backends: capture, embed, index.",
 )
 
 postgres = PostgresResource()
 defs = dg.Definitions(
-    assets=[*captures, *(spec for key, spec in specs.items() if key not in captured)],
+    assets=[
+        *captures,
+        *derived,
+        *indexes,
+        *(spec for key, spec in specs.items() if key not in computed),
+    ],
     asset_checks=[latency_check(key) for key in sorted(captured)],
     jobs=[demo_seed_job, main_job],
-    resources={"postgres": postgres, "flow_runtime": FlowRuntimeResource(postgres=postgres)},
+    resources={
+        "postgres": postgres,
+        "flow_runtime": FlowRuntimeResource(postgres=postgres),
+        "embedder": embedder,
+        "vector_index": PgVectorIndex(postgres=postgres),
+    },
 )

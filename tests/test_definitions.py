@@ -62,9 +62,15 @@ def test_graph_has_exactly_the_catalog_nodes(asset_graph) -> None:
 
 
 def test_only_what_has_compute_materializes(asset_graph) -> None:
-    # The capture has a runtime; embeddings and the index get theirs in later issues.
-    assert asset_graph.materializable_asset_keys == {CDC}
-    assert asset_graph.external_asset_keys == {SOURCE, UPDATES, INDEX}
+    # The application's table is outside the platform: an external asset.
+    assert asset_graph.materializable_asset_keys == {CDC, UPDATES, INDEX}
+    assert asset_graph.external_asset_keys == {SOURCE}
+
+
+def test_model_version_is_the_embeddings_code_version(asset_graph) -> None:
+    version = asset_graph.get(UPDATES).code_version
+    assert version.startswith("sentence-transformers/all-MiniLM-L6-v2@")
+    assert len(version.rsplit("@", 1)[1]) == 16
 
 
 def test_groups_kinds_owners_and_metadata(asset_graph) -> None:

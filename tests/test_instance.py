@@ -35,6 +35,11 @@ def test_main_command_run_is_visible_afterwards(tmp_path: Path, monkeypatch) -> 
     )
     assert "public.documents {'rows': 200, 'inserted': 200" in result.stdout
     assert "sophia/postgresql_cdc {'documents': 200" in result.stdout
+    assert "sophia/vector_updates {'embedded_documents': 200" in result.stdout
+    # The search for document 1's first sentence finds document 1 first.
+    assert "  1. [" in result.stdout and result.stdout.split("  1. [")[1].split("\n")[0].endswith(
+        "(id 1)"
+    )
 
     with _instance_in(tmp_path, monkeypatch) as instance:
         runs = instance.get_runs()

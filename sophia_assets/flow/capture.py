@@ -359,7 +359,7 @@ class _Session:
             self.settings.task,
             self.next_offsets,
             report,
-            on_commit=lambda lsn: self.runner.on_batch(report),
+            on_commit=self._committed,
         )
 
     def _prepare_slot(self, cur, checkpoint) -> None:
@@ -415,6 +415,11 @@ class _Session:
             if not received:
                 select.select([self.stream], [], [], IDLE_WAIT_S if self._idle() else 0.002)
         self._flush(wait=True)
+
+    def _committed(self, lsn: int) -> None:
+        """Called by the writer's thread after each commit."""
+        self.report.checkpoint_lsn = lsn_text(lsn)
+        self.runner.on_batch(self.report)
 
     def _idle(self) -> bool:
         return not self.pending and self.submitted == self.checkpoint

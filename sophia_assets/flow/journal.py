@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS flow.checkpoints (
     state      jsonb       NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS flow.derivation_state (
+    derivation   text NOT NULL,
+    source_key   text NOT NULL,
+    content_hash text NOT NULL,
+    chunks       int  NOT NULL,
+    model        text NOT NULL,
+    PRIMARY KEY (derivation, source_key)
+);
 CREATE TABLE IF NOT EXISTS flow.quarantine (
     id             bigserial   PRIMARY KEY,
     collection     text        NOT NULL,

@@ -118,7 +118,7 @@ class JournalWriter:
         try:
             with self._conn.cursor() as cur:
                 for name, items in by_collection.items():
-                    offsets[name] = self._write_collection(cur, name, items, offsets[name])
+                    offsets[name] = write_changes(cur, name, items, offsets[name], self.figures)
                 journal.save_checkpoint(cur, self._task, lsn_text(batch.lsn), batch.state)
             self._conn.commit()
         except BaseException:
@@ -126,49 +126,6 @@ class JournalWriter:
             raise
         self._offsets.update(offsets)
         self.figures.batches += 1
-
-    def _write_collection(self, cur, name: str, items: list, first_offset: int) -> int:
-        binding = items[0].binding
-        keys = list(dict.fromkeys(change.key for change in items))
-        current: dict[str, dict | None] = dict(journal.reduced_documents(cur, name, keys))
-        existing = set(current)
-        entries: list[journal.Entry] = []
-        reduced: dict[str, tuple[dict | None, int]] = {}
-        figures = self.figures.collections.setdefault(name, CollectionFigures())
-        offset = first_offset
-        for change in items:
-            previous = current.get(change.key)
-            document = change.document
-            if change.unchanged:
-                _carry_unchanged(document, change.unchanged, previous, name, change.key)
-            if change.op == "u" and previous is not None:
-                document["_meta"]["before"] = {k: v for k, v in previous.items() if k != "_meta"}
-            try:
-                binding.validate(document)
-            except fastjsonschema.JsonSchemaException as err:
-                journal.quarantine(
-                    cur, name, document, f"schema: {err.message}", document["_meta"]["source"]
-                )
-                figures.quarantined += 1
-                continue
-            after = binding.reducer.reduce(previous, document)
-            current[change.key] = after
-            entries.append(
-                journal.Entry(
-                    change.key, document, lsn_text(change.commit_lsn), change.source_ts_ms
-                )
-            )
-            reduced[change.key] = (after, offset)
-            offset += 1
-        if entries:
-            texts: dict[int, str] = {}
-            journal.append(cur, name, first_offset, entries, texts)
-            journal.write_reduced(cur, name, reduced, existing, texts)
-            figures.documents += len(entries)
-            if figures.first_offset is None:
-                figures.first_offset = first_offset
-            figures.last_offset = offset - 1
-        return offset
 
 
 def _carry_unchanged(
@@ -185,3 +142,52 @@ def _carry_unchanged(
                 key,
                 column,
             )
+
+
+def write_changes(cur, name: str, items: list, first_offset: int, figures: Any) -> int:
+    """Appends changes to a collection: previous documents, TOAST carry-over, `before`,
+    schema validation (failures to the quarantine), reduction, journal and reduced view.
+    Each item's `binding` needs `validate` and `reducer`. Returns the next offset."""
+    binding = items[0].binding
+    keys = list(dict.fromkeys(change.key for change in items))
+    current: dict[str, dict | None] = dict(journal.reduced_documents(cur, name, keys))
+    existing = set(current)
+    entries: list[journal.Entry] = []
+    reduced: dict[str, tuple[dict | None, int]] = {}
+    collection_figures = figures.collections.setdefault(name, CollectionFigures())
+    offset = first_offset
+    for change in items:
+        previous = current.get(change.key)
+        document = change.document
+        if change.unchanged:
+            _carry_unchanged(document, change.unchanged, previous, name, change.key)
+        if change.op == "u" and previous is not None:
+            document["_meta"]["before"] = {k: v for k, v in previous.items() if k != "_meta"}
+        try:
+            binding.validate(document)
+        except fastjsonschema.JsonSchemaException as err:
+            journal.quarantine(
+                cur,
+                name,
+                document,
+                f"schema: {err.message}",
+                document.get("_meta", {}).get("source", {}),
+            )
+            collection_figures.quarantined += 1
+            continue
+        after = binding.reducer.reduce(previous, document)
+        current[change.key] = after
+        entries.append(
+            journal.Entry(change.key, document, lsn_text(change.commit_lsn), change.source_ts_ms)
+        )
+        reduced[change.key] = (after, offset)
+        offset += 1
+    if entries:
+        texts: dict[int, str] = {}
+        journal.append(cur, name, first_offset, entries, texts)
+        journal.write_reduced(cur, name, reduced, existing, texts)
+        collection_figures.documents += len(entries)
+        if collection_figures.first_offset is None:
+            collection_figures.first_offset = first_offset
+        collection_figures.last_offset = offset - 1
+    return offset

@@ -1,0 +1,89 @@
+"""`sophia/vector_updates` (embedding) and `pinecone/sophia-ai-vectors` (the index) as assets."""
+
+import dagster as dg
+
+from resources.embedder import EmbedderResource
+from resources.postgres import PostgresResource
+from resources.vector_index import VectorIndex
+from sophia_assets.catalog.model import Catalog
+
+
+def vector_updates_asset(
+    catalog: Catalog, spec: dg.AssetSpec, code_version: str
+) -> dg.AssetsDefinition:
+    """Embeds what changed in the source collection since the last run. The code version is
+    the model's name and weights digest, so a new model shows as stale in the UI."""
+    collection = "/".join(spec.key.path)
+
+    @dg.multi_asset(
+        name="embed__" + "__".join(spec.key.path),
+        specs=[spec.replace_attributes(code_version=code_version)],
+    )
+    def _embed(
+        context: dg.AssetExecutionContext, embedder: EmbedderResource, postgres: PostgresResource
+    ):
+        from sophia_assets.embedding.derivation import VectorUpdates
+
+        derivation = VectorUpdates(catalog, collection, postgres.url(), embedder.load)
+
+        def progress(report) -> None:
+            context.log.info(
+                f"source offset {report.source_offset}: {report.embedded_documents} documents "
+                f"embedded ({report.chunks_embedded} chunks), {report.unchanged_documents} "
+                f"unchanged, {report.tombstones} tombstones"
+            )
+
+        report = derivation.run(on_batch=progress)
+        figures = report.collections.get(collection)
+        rate = report.embedded_documents / report.seconds if report.seconds else 0.0
+        metadata = {
+            "source_offset": report.source_offset,
+            "source_documents": report.source_documents,
+            "embedded_documents": report.embedded_documents,
+            "unchanged_documents": report.unchanged_documents,
+            "chunks_embedded": report.chunks_embedded,
+            "tombstones": report.tombstones,
+            "vector_documents": figures.documents if figures else 0,
+            "documents_per_s": round(rate, 2),
+            "model": code_version,
+        }
+        if figures and figures.first_offset is not None:
+            metadata["first_offset"] = figures.first_offset
+            metadata["last_offset"] = figures.last_offset
+        yield dg.MaterializeResult(asset_key=spec.key, metadata=metadata)
+
+    return _embed
+
+
+def vector_index_asset(spec: dg.AssetSpec, source: str) -> dg.AssetsDefinition:
+    """Applies the vector updates, in journal order, to the configured index."""
+
+    @dg.multi_asset(name="index__" + "__".join(spec.key.path).replace("-", "_"), specs=[spec])
+    def _index(
+        context: dg.AssetExecutionContext, vector_index: VectorIndex, postgres: PostgresResource
+    ):
+        from sophia_assets.embedding.index_sync import sync_index
+
+        report = sync_index(
+            vector_index,
+            postgres.url(),
+            source,
+            on_batch=lambda r: context.log.info(
+                f"applied up to offset {r.applied_offset}: {r.upserts} upserts, {r.deletes} deletes"
+            ),
+        )
+        stats = vector_index.stats()
+        yield dg.MaterializeResult(
+            asset_key=spec.key,
+            metadata={
+                "vectors": stats.vectors,
+                "applied_offset": report.applied_offset,
+                "upserts": report.upserts,
+                "deletes": report.deletes,
+                "lag_documents": report.lag_documents,
+                "lag_seconds": report.lag_seconds or 0.0,
+                "backend": type(vector_index).__name__,
+            },
+        )
+
+    return _index

@@ -1,0 +1,250 @@
+"""`sophia/vector_updates`, derived from `sophia/postgresql_cdc` by embedding.
+
+Each run reads the source journal after its stored offset, keeps the latest change per key,
+and embeds only documents whose content changed (a sha256 of the text fields, per key, kept
+in `flow.derivation_state` with the model version). It writes one vector document per chunk
+(`embedding_id` = source key and chunk number, so a replay overwrites the same ids) and a
+tombstone for every chunk a deletion or a shortening left behind. Vectors, state and the
+source offset commit in one transaction: a run killed mid-way redoes the batch, nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastjsonschema
+import orjson
+import psycopg2
+
+from sophia_assets.catalog.model import Catalog, Collection
+from sophia_assets.flow import journal
+from sophia_assets.flow.bindings import FORMATS, validation_schema
+from sophia_assets.flow.capture import Change
+from sophia_assets.flow.reduce import Reducer
+from sophia_assets.flow.writer import CollectionFigures, write_changes
+
+log = logging.getLogger("sophia.embedding")
+BATCH_DOCUMENTS = 256
+
+
+@dataclass
+class EmbedReport:
+    source_documents: int = 0
+    embedded_documents: int = 0
+    unchanged_documents: int = 0
+    chunks_embedded: int = 0
+    tombstones: int = 0
+    source_offset: int = -1
+    seconds: float = 0.0
+    batches: int = 0
+    collections: dict[str, CollectionFigures] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The derived collection, as `write_changes` needs it."""
+
+    collection: Collection
+    validate: Any
+    reducer: Reducer
+
+
+@dataclass
+class Pending:
+    key: str  # source key text, e.g. "42"
+    key_value: Any
+    document: dict[str, Any]
+    deleted: bool
+    text: str = ""
+    content_hash: str = ""
+
+
+class VectorUpdates:
+    def __init__(
+        self,
+        catalog: Catalog,
+        collection: str,
+        journal_url: str,
+        embedder_factory,
+        batch_documents: int = BATCH_DOCUMENTS,
+    ):
+        derived = catalog.collections[collection]
+        if derived.derivation is None:
+            raise ValueError(f"collection {collection} has no `derive` in flow_specs/")
+        self.derived = derived
+        self.source = catalog.collections[derived.derivation.transforms[0].source]
+        config = derived.derivation.using.get("connector", {}).get("config", {})
+        self.text_fields = list(config.get("textFields") or ["title", "body"])
+        self.task = f"derive:{collection}"
+        self.journal_url = journal_url
+        self.embedder_factory = embedder_factory
+        self.batch_documents = batch_documents
+        self.target = Target(
+            derived,
+            fastjsonschema.compile(validation_schema(derived.schema), formats=FORMATS),
+            Reducer(derived.schema),
+        )
+
+    def run(self, on_batch: Callable[[EmbedReport], None] = lambda report: None) -> EmbedReport:
+        report = EmbedReport()
+        started = time.perf_counter()
+        conn = psycopg2.connect(self.journal_url)
+        embedder = None
+        try:
+            journal.ensure_schema(conn)
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.task,))
+                if not cur.fetchone()[0]:
+                    raise RuntimeError(
+                        f"{self.task} is already running in another process; wait for it to finish"
+                    )
+                checkpoint = journal.load_checkpoint(cur, self.task)
+                offset = checkpoint[1]["offset"] if checkpoint else -1
+                next_offset = journal.next_offset(cur, self.derived.name)
+            conn.commit()
+            report.source_offset = offset
+            while True:
+                with conn.cursor() as cur:
+                    rows = list(
+                        journal.read(cur, self.source.name, offset + 1, self.batch_documents)
+                    )
+                conn.commit()
+                if not rows:
+                    break
+                if embedder is None:
+                    embedder = self.embedder_factory()
+                offset = rows[-1][0]
+                next_offset = self._batch(conn, rows, offset, next_offset, embedder, report)
+                report.source_offset = offset
+                report.batches += 1
+                on_batch(report)
+        finally:
+            conn.close()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _batch(self, conn, rows, offset: int, next_offset: int, embedder, report) -> int:
+        latest: dict[str, Pending] = {}
+        for _, document in rows:
+            key_value = _key_value(document, self.source.key)
+            key = str(key_value)
+            meta = document.get("_meta") or {}
+            latest[key] = Pending(key, key_value, document, meta.get("op") == "d")
+        report.source_documents += len(rows)
+        model = embedder.card.version
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT source_key, content_hash, chunks, model FROM "
+                "flow.derivation_state WHERE derivation = %s AND source_key = ANY(%s)",
+                (self.task, list(latest)),
+            )
+            state = {k: (h, c, m) for k, h, c, m in cur.fetchall()}
+            to_embed: list[tuple[Pending, list[str]]] = []
+            changes: list[Change] = []
+            for item in latest.values():
+                previous = state.get(item.key)
+                if item.deleted:
+                    if previous:
+                        changes += self._tombstones(item, 0, previous[1])
+                    continue
+                item.text = "\n\n".join(
+                    str(item.document[f]) for f in self.text_fields if item.document.get(f)
+                )
+                item.content_hash = hashlib.sha256(item.text.encode()).hexdigest()
+                if previous and previous[0] == item.content_hash and previous[2] == model:
+                    report.unchanged_documents += 1
+                    continue
+                to_embed.append((item, embedder.chunks(item.text) if item.text else []))
+            texts = [chunk for _, chunks in to_embed for chunk in chunks]
+            vectors = iter(embedder.embed(texts)) if texts else iter(())
+            for item, chunks in to_embed:
+                changes += [self._vector(item, n, next(vectors), model) for n in range(len(chunks))]
+                previous = state.get(item.key)
+                if previous and previous[1] > len(chunks):
+                    changes += self._tombstones(item, len(chunks), previous[1])
+                report.chunks_embedded += len(chunks)
+            report.embedded_documents += len(to_embed)
+            report.tombstones += sum(1 for c in changes if c.op == "d")
+            if changes:
+                next_offset = write_changes(cur, self.derived.name, changes, next_offset, report)
+            self._save_state(cur, latest, to_embed, state, model)
+            journal.save_checkpoint(cur, self.task, "0/0", {"offset": offset})
+        conn.commit()
+        log.info(
+            "%s: source offset %d, %d embedded, %d unchanged, %d tombstones",
+            self.task,
+            offset,
+            report.embedded_documents,
+            report.unchanged_documents,
+            report.tombstones,
+        )
+        return next_offset
+
+    def _vector(self, item: Pending, chunk: int, vector: list[float], model: str) -> Change:
+        meta = item.document.get("_meta") or {}
+        ts = (meta.get("source") or {}).get("ts_ms")
+        document = {
+            "embedding_id": f"{item.key}:{chunk}",
+            "vector": vector,
+            "metadata": {
+                "source_key": item.key_value,
+                "chunk": chunk,
+                "title": str(item.document.get("title") or ""),
+                "content_hash": item.content_hash,
+                "model": model,
+                "source_ts_ms": ts,
+            },
+            "_meta": {"op": "c"},
+        }
+        return Change(self.target, "c", _key(document["embedding_id"]), document, (), ts, 0)
+
+    def _tombstones(self, item: Pending, first: int, end: int) -> list[Change]:
+        return [
+            Change(
+                self.target,
+                "d",
+                _key(f"{item.key}:{n}"),
+                {"embedding_id": f"{item.key}:{n}", "_meta": {"op": "d"}},
+                (),
+                None,
+                0,
+            )
+            for n in range(first, end)
+        ]
+
+    def _save_state(self, cur, latest, to_embed, state, model: str) -> None:
+        deleted = [item.key for item in latest.values() if item.deleted and item.key in state]
+        if deleted:
+            cur.execute(
+                "DELETE FROM flow.derivation_state WHERE derivation = %s AND source_key = ANY(%s)",
+                (self.task, deleted),
+            )
+        from psycopg2.extras import execute_values
+
+        rows = [
+            (self.task, item.key, item.content_hash, len(chunks), model)
+            for item, chunks in to_embed
+        ]
+        if rows:
+            execute_values(
+                cur,
+                "INSERT INTO flow.derivation_state (derivation, source_key, content_hash, "
+                "chunks, model) VALUES %s ON CONFLICT (derivation, source_key) DO UPDATE SET "
+                "content_hash = EXCLUDED.content_hash, chunks = EXCLUDED.chunks, "
+                "model = EXCLUDED.model",
+                rows,
+            )
+
+
+def _key(embedding_id: str) -> str:
+    return orjson.dumps([embedding_id]).decode()
+
+
+def _key_value(document: dict[str, Any], key: tuple[str, ...]) -> Any:
+    values = [document.get(pointer[1:]) for pointer in key]
+    return values[0] if len(values) == 1 else values
