@@ -17,8 +17,10 @@ from sophia_assets.assets.embeddings import vector_index_asset, vector_updates_a
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
+from sophia_assets.checks.embeddings import consistency_check, coverage_check, dimension_check
 from sophia_assets.demo.seed_job import demo_seed_job
 from sophia_assets.flow.runtime import runnable_captures
+from sophia_assets.freshness import FRESHNESS
 from sophia_assets.home import flow_specs_dir
 
 catalog = load_catalog(flow_specs_dir())
@@ -30,7 +32,11 @@ captures = [capture_asset(c, catalog, specs) for c in runnable_captures(catalog)
 captured = {key for assets_def in captures for key in assets_def.keys}
 embedder = EmbedderResource()
 derived = [
-    vector_updates_asset(catalog, specs[key], embedder.card().version)
+    vector_updates_asset(
+        catalog,
+        specs[key].replace_attributes(freshness_policy=FRESHNESS),
+        embedder.card().version,
+    )
     for key in (
         dg.AssetKey(name.split("/"))
         for name, c in catalog.collections.items()
@@ -39,7 +45,10 @@ derived = [
 ]
 embedded = {key for assets_def in derived for key in assets_def.keys}
 indexes = [
-    vector_index_asset(spec, "/".join(next(iter(spec.deps)).asset_key.path))
+    vector_index_asset(
+        spec.replace_attributes(freshness_policy=FRESHNESS),
+        "/".join(next(iter(spec.deps)).asset_key.path),
+    )
     for spec in specs.values()
     if spec.group_name == "vector_index" and {d.asset_key for d in spec.deps} <= embedded
 ]
@@ -59,7 +68,16 @@ defs = dg.Definitions(
         *indexes,
         *(spec for key, spec in specs.items() if key not in computed),
     ],
-    asset_checks=[latency_check(key) for key in sorted(captured)],
+    asset_checks=[
+        *(latency_check(key) for key in sorted(captured)),
+        *(coverage_check(catalog, key) for key in sorted(embedded)),
+        *(
+            check(key, "/".join(next(iter(a.specs)).deps[0].asset_key.path))
+            for a in indexes
+            for key in a.keys
+            for check in (consistency_check, dimension_check)
+        ),
+    ],
     jobs=[demo_seed_job, main_job],
     resources={
         "postgres": postgres,

@@ -200,3 +200,54 @@ def test_killed_run_resumes_with_nothing_missing_or_doubled(
         params=(UPDATES,),
     )
     assert doubled == []
+
+
+def test_checks_pass_on_a_synced_index_and_fail_on_drift(source: str, catalog, embedder) -> None:
+    import dagster as dg
+
+    from resources.embedder import EmbedderResource
+    from sophia_assets.checks.embeddings import (
+        consistency_check,
+        coverage_check,
+        dimension_check,
+    )
+
+    updates_key = dg.AssetKey(["sophia", "vector_updates"])
+    index_key = dg.AssetKey(["pinecone", "sophia-ai-vectors"])
+    checks = [
+        coverage_check(catalog, updates_key),
+        consistency_check(index_key, UPDATES),
+        dimension_check(index_key, UPDATES),
+    ]
+    postgres = PostgresResource(url_env="EMBED_TEST_URL")
+    resources = {
+        "postgres": postgres,
+        "embedder": EmbedderResource(),
+        "vector_index": PgVectorIndex(postgres=postgres),
+    }
+
+    def evaluate() -> dict:
+        result = dg.materialize(
+            [*(dg.AssetSpec(k) for k in (updates_key, index_key)), *checks],
+            resources=resources,
+            selection=dg.AssetSelection.checks(*checks),
+        )
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 'a', 'one'), (2, 'b', 'two')")
+    _pipeline(source, catalog, embedder)
+    assert all(e.passed for e in evaluate().values())
+
+    sql(source, "UPDATE documents SET body = 'changed, not yet embedded' WHERE id = 1")
+    runner(source, catalog).drain()
+    sql(
+        source,
+        "INSERT INTO vectors.\"sophia-ai-vectors\" SELECT '99:0', embedding, metadata "
+        'FROM vectors."sophia-ai-vectors" LIMIT 1',
+    )
+    drifted = evaluate()
+    assert not drifted["embedding_coverage"].passed
+    assert drifted["embedding_coverage"].metadata["stale_content"].value == 1
+    assert not drifted["index_consistency"].passed
+    assert drifted["index_consistency"].metadata["orphan_sample"].value == "99:0"
+    assert drifted["vector_dimension"].passed

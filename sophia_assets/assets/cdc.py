@@ -1,17 +1,11 @@
 """Captured collections as assets: materializing one runs a drain of the capture that fills
 it, and reports documents, offsets, the commit LSN and latency figures."""
 
-from datetime import timedelta
-
 import dagster as dg
 
 from resources.flow_runtime import FlowRuntimeResource
 from sophia_assets.catalog.model import Capture, Catalog
-
-# A collection that has not caught up within an hour is stale; 15 minutes is a warning.
-CDC_FRESHNESS = dg.FreshnessPolicy.time_window(
-    fail_window=timedelta(hours=1), warn_window=timedelta(minutes=15)
-)
+from sophia_assets.freshness import FRESHNESS
 
 
 def capture_asset(
@@ -23,7 +17,7 @@ def capture_asset(
 
     @dg.multi_asset(
         name=f"capture__{name}",
-        specs=[specs[key].replace_attributes(freshness_policy=CDC_FRESHNESS) for key in keys],
+        specs=[specs[key].replace_attributes(freshness_policy=FRESHNESS) for key in keys],
         description=f"Drains capture {capture.name}: backfill, then every change up to now.",
     )
     def _capture(context: dg.AssetExecutionContext, flow_runtime: FlowRuntimeResource):
