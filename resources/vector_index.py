@@ -285,7 +285,7 @@ class PineconeIndex(VectorIndex):
         index = self._index()
         found: set[str] = set()
         for page in index.list(namespace=self.namespace):
-            found.update(page)
+            found.update(getattr(item, "id", item) for item in page)
         return found
 
     def stats(self) -> IndexStats:
