@@ -6,6 +6,8 @@
     sophia postgres start|stop|status|url  the embedded PostgreSQL under SOPHIA_HOME
     sophia catalog validate                check flow_specs/ and print its lineage
     sophia bench cdc [--json]              capture throughput and latency vs the floor
+    sophia bench embed [--json]            embedding pipeline vs raw SentenceTransformer
+    sophia bench search [--json]           search latency vs its parts
     sophia search TEXT [--top-k K] [--json]
                                            nearest documents in the vector index
     sophia flow drain [--rebackfill]       capture up to now, then stop
@@ -110,6 +112,18 @@ def _parser() -> argparse.ArgumentParser:
     cdc.add_argument("--seconds", type=float, default=10, help="steady phase length (10)")
     cdc.add_argument("--json", action="store_true", help="figures as JSON on the last line")
     cdc.set_defaults(handler=_bench_cdc)
+
+    embed = bench_verbs.add_parser("embed", help="embedding pipeline vs raw encode")
+    embed.add_argument("--rows", type=int, default=1_000, help="documents (1000)")
+    embed.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    embed.set_defaults(handler=_bench_embed)
+    search_bench = bench_verbs.add_parser("search", help="search latency vs its parts")
+    search_bench.add_argument("--documents", type=int, default=10_000, help="index size")
+    search_bench.add_argument("--queries", type=int, default=1_000, help="queries (1000)")
+    search_bench.add_argument(
+        "--json", action="store_true", help="figures as JSON on the last line"
+    )
+    search_bench.set_defaults(handler=_bench_search)
 
     catalog = verbs.add_parser("catalog", help="the flow_specs catalog")
     catalog_verbs = catalog.add_subparsers(title="catalog commands")
@@ -458,6 +472,41 @@ def _bench_cdc(args: argparse.Namespace) -> int:
     )
     print_figures(figures, args.json)
     return 0
+
+
+def _bench_embed(args: argparse.Namespace) -> int:
+    from resources.postgres_server import postgres_url
+    from sophia_assets.bench.embed import print_embed_figures, run_embed_bench
+    from sophia_assets.catalog import load_catalog
+    from sophia_assets.demo.corpus import load_corpus
+    from sophia_assets.home import flow_specs_dir, sophia_home
+
+    figures = run_embed_bench(
+        postgres_url(),
+        load_catalog(flow_specs_dir()),
+        args.rows,
+        _corpus(load_corpus, sophia_home()),
+        say=_say,
+    )
+    print_embed_figures(figures, args.json)
+    return 0
+
+
+def _bench_search(args: argparse.Namespace) -> int:
+    from resources.postgres_server import postgres_url
+    from sophia_assets.bench.search import print_search_figures, run_search_bench
+    from sophia_assets.demo.corpus import load_corpus
+    from sophia_assets.home import sophia_home
+
+    figures = run_search_bench(
+        postgres_url(), _corpus(load_corpus, sophia_home()), args.documents, args.queries, say=_say
+    )
+    print_search_figures(figures, args.json)
+    return 0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 # -- catalog -------------------------------------------------------------------------------

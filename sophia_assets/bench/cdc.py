@@ -11,7 +11,6 @@ Everything runs in a scratch database on the platform's Postgres, dropped afterw
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
+from sophia_assets.bench.scratch import scratch_capture, scratch_database
 from sophia_assets.catalog import Catalog
 from sophia_assets.flow.capture import CaptureRunner
 from sophia_assets.flow.latency import latency_figures
@@ -83,19 +83,18 @@ class CdcFigures:
 def run_cdc_bench(
     platform_url: str, catalog: Catalog, rows: int, rate: float, seconds: float, say=print
 ) -> CdcFigures:
-    url = _scratch_database(platform_url)
-    tag = uuid.uuid4().hex[:8]
-    try:
-        capture = _bench_capture(catalog, tag)
+    capture, catalog = scratch_capture(catalog)
+    publication = capture.connector.config["advanced"]["publicationName"]
+    floor_slot = f"floor_{uuid.uuid4().hex[:8]}"
+    with scratch_database(platform_url, "cdc") as url:
         _sql(url, BENCH_TABLE_DDL)
-        bench_catalog = dataclasses.replace(catalog, captures={capture.name: capture})
 
         def new_runner() -> CaptureRunner:
-            return CaptureRunner(capture, bench_catalog, url, url)
+            return CaptureRunner(capture, catalog, url, url)
 
         runner = new_runner()
         runner.drain()  # slot, publication, empty backfill: set-up is not measured
-        _sql(url, f"SELECT pg_create_logical_replication_slot('floor_{tag}', 'pgoutput')")
+        _sql(url, f"SELECT pg_create_logical_replication_slot('{floor_slot}', 'pgoutput')")
 
         say(f"writing {rows} rows in transactions of 10,000...")
         for first in range(0, rows, 10_000):
@@ -107,7 +106,7 @@ def run_cdc_bench(
             )
         end_lsn = _sql(url, "SELECT pg_current_wal_lsn()::text")[0][0]
 
-        floor = _time(lambda: _recvlogical(url, f"floor_{tag}", f"bench_{tag}", end_lsn))
+        floor = _time(lambda: _recvlogical(url, floor_slot, publication, end_lsn))
         say(f"floor: pg_recvlogical decoded {rows} rows in {floor:.2f} s")
         journal_s = _time(runner.drain)
         say(f"ours: {rows} rows into durable journals in {journal_s:.2f} s")
@@ -115,30 +114,16 @@ def run_cdc_bench(
         # Steady state: the bulk phase's vacuum and checkpoint are not the latency phase's.
         _settle(url)
         latency = _steady_latency(new_runner, url, rate, seconds, first_id=rows + 1, say=say)
-        return CdcFigures(
-            rows,
-            floor,
-            journal_s,
-            rate,
-            latency.documents,
-            latency.p50_ms or 0.0,
-            latency.p99_ms or 0.0,
-            latency.max_ms or 0.0,
-        )
-    finally:
-        _drop_database(platform_url, url)
-
-
-def _bench_capture(catalog: Catalog, tag: str):
-    capture = next(iter(catalog.captures.values()))
-    config = dict(capture.connector.config)
-    config["advanced"] = {
-        **(config.get("advanced") or {}),
-        "slotName": f"bench_{tag}",
-        "publicationName": f"bench_{tag}",
-    }
-    connector = dataclasses.replace(capture.connector, config=config)
-    return dataclasses.replace(capture, connector=connector)
+    return CdcFigures(
+        rows,
+        floor,
+        journal_s,
+        rate,
+        latency.documents,
+        latency.p50_ms or 0.0,
+        latency.p99_ms or 0.0,
+        latency.max_ms or 0.0,
+    )
 
 
 def _steady_latency(new_runner, url: str, rate: float, seconds: float, first_id: int, say):
@@ -219,30 +204,6 @@ def _sql(url: str, statement: str, params: tuple | None = None) -> list[tuple]:
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
-
-
-def _scratch_database(platform_url: str) -> str:
-    name = f"sophia_bench_{uuid.uuid4().hex[:8]}"
-    conn = psycopg2.connect(platform_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return platform_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _drop_database(platform_url: str, url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    conn = psycopg2.connect(platform_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE database = %s AND NOT active",
-            (name,),
-        )
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
 
 
 def print_figures(figures: CdcFigures, as_json: bool) -> None:
