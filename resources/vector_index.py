@@ -354,3 +354,14 @@ def _containment(metadata_filter: dict[str, Any]) -> dict[str, Any]:
 
 def _vector_text(values: list[float]) -> str:
     return "[" + ",".join(f"{v:.7g}" for v in values) + "]"
+
+
+PINECONE_HOST_ENV = "SOPHIA_PINECONE_HOST"
+
+
+def configured_index(postgres: PostgresResource) -> VectorIndex:
+    """Pinecone when `SOPHIA_PINECONE_HOST` names an index host (the key then comes from
+    `SOPHIA_PINECONE_API_KEY`), pgvector in the platform's Postgres otherwise."""
+    if os.environ.get(PINECONE_HOST_ENV):
+        return PineconeIndex(postgres=postgres, host=dg.EnvVar(PINECONE_HOST_ENV))
+    return PgVectorIndex(postgres=postgres)

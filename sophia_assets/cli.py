@@ -238,10 +238,10 @@ def _demo_query() -> str:
 def _searcher():
     from resources.embedder import EmbedderResource
     from resources.postgres import PostgresResource
-    from resources.vector_index import PgVectorIndex
+    from resources.vector_index import configured_index
     from sophia_assets.embedding.search import Search
 
-    return Search(EmbedderResource().load(), PgVectorIndex(postgres=PostgresResource()))
+    return Search(EmbedderResource().load(), configured_index(PostgresResource()))
 
 
 def _print_results(results) -> None:

@@ -11,7 +11,7 @@ import dagster as dg
 from resources.embedder import EmbedderResource
 from resources.flow_runtime import FlowRuntimeResource
 from resources.postgres import PostgresResource
-from resources.vector_index import PgVectorIndex
+from resources.vector_index import configured_index
 from sophia_assets.assets.cdc import capture_asset
 from sophia_assets.assets.embeddings import vector_index_asset, vector_updates_asset
 from sophia_assets.catalog import load_catalog
@@ -83,6 +83,6 @@ defs = dg.Definitions(
         "postgres": postgres,
         "flow_runtime": FlowRuntimeResource(postgres=postgres),
         "embedder": embedder,
-        "vector_index": PgVectorIndex(postgres=postgres),
+        "vector_index": configured_index(postgres),
     },
 )

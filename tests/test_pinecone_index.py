@@ -159,3 +159,13 @@ def test_index_sync_applies_the_journal_to_pinecone(
         assert index.applied_offset() == 3
     finally:
         drop_database(url)
+
+
+def test_configuration_chooses_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resources.vector_index import PgVectorIndex, configured_index
+
+    postgres = PostgresResource()
+    monkeypatch.delenv("SOPHIA_PINECONE_HOST", raising=False)
+    assert isinstance(configured_index(postgres), PgVectorIndex)
+    monkeypatch.setenv("SOPHIA_PINECONE_HOST", "https://sophia-ai-vectors.example")
+    assert isinstance(configured_index(postgres), PineconeIndex)

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,10 +64,24 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         if not ready.wait(timeout=180) or process.poll() is not None:
             pytest.fail("dagster-webserver did not start:\n" + "".join(output[-40:]))
+        _wait_until_answering(f"http://127.0.0.1:{port}/server_info", process)
         yield f"http://127.0.0.1:{port}/graphql"
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    """The "Serving" line is logged just before the socket is bound: poll until it answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(url, timeout=5).raise_for_status()
+            return
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise
+            threading.Event().wait(0.1)
 
 
 def _graphql(url: str, query: str) -> dict:
