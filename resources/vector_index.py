@@ -45,9 +45,19 @@ class VectorIndex(dg.ConfigurableResource, ABC):
     def apply(self, upserts: list[VectorRecord], deletes: list[str], offset: int) -> None:
         """Applies one batch of vector_updates and records `offset` as applied."""
 
-    @abstractmethod
     def applied_offset(self) -> int:
-        """The last vector_updates offset applied (-1 before the first batch)."""
+        """The last vector_updates offset applied (-1 before the first batch); both backends
+        keep it in the platform's Postgres."""
+        from sophia_assets.flow import journal
+
+        conn = self.postgres.connect()  # every backend declares `postgres`
+        try:
+            journal.ensure_schema(conn)
+            with conn, conn.cursor() as cur:
+                checkpoint = journal.load_checkpoint(cur, self._offset_task())
+            return checkpoint[1]["offset"] if checkpoint else -1
+        finally:
+            conn.close()
 
     @abstractmethod
     def query(
@@ -121,17 +131,6 @@ class PgVectorIndex(VectorIndex):
                         page_size=1000,
                     )
                 journal.save_checkpoint(cur, self._offset_task(), "0/0", {"offset": offset})
-        finally:
-            conn.close()
-
-    def applied_offset(self) -> int:
-        from sophia_assets.flow import journal
-
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                checkpoint = journal.load_checkpoint(cur, self._offset_task())
-            return checkpoint[1]["offset"] if checkpoint else -1
         finally:
             conn.close()
 
@@ -241,18 +240,6 @@ class PineconeIndex(VectorIndex):
             journal.ensure_schema(conn)
             with conn, conn.cursor() as cur:
                 journal.save_checkpoint(cur, self._offset_task(), "0/0", {"offset": offset})
-        finally:
-            conn.close()
-
-    def applied_offset(self) -> int:
-        from sophia_assets.flow import journal
-
-        conn = self.postgres.connect()
-        try:
-            journal.ensure_schema(conn)
-            with conn, conn.cursor() as cur:
-                checkpoint = journal.load_checkpoint(cur, self._offset_task())
-            return checkpoint[1]["offset"] if checkpoint else -1
         finally:
             conn.close()
 

@@ -59,6 +59,22 @@ def clean_documents(postgres_url: str) -> str:
     return postgres_url
 
 
+SOURCE_URL_ENV = "SOPHIA_TEST_SOURCE_URL"
+
+
+@pytest.fixture
+def source(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database with the capture tests' `public.documents` (more column types than
+    the demo's); its URL is also in SOURCE_URL_ENV for resources to read."""
+    from cdc import DOCUMENTS_DDL, drop_database, new_database, sql
+
+    url = new_database(postgres_url)
+    sql(url, DOCUMENTS_DDL)
+    monkeypatch.setenv(SOURCE_URL_ENV, url)
+    yield url
+    drop_database(url)
+
+
 def run_python(
     code: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

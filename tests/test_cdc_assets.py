@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from cdc import COLLECTION, DOCUMENTS_DDL, catalog_copy, drop_database, load, new_database, sql
-from conftest import run_sophia
+from cdc import COLLECTION, catalog_copy, load, sql
+from conftest import SOURCE_URL_ENV, run_sophia
 
 from resources.flow_runtime import FlowRuntimeResource
 from resources.postgres import PostgresResource
@@ -21,20 +20,11 @@ from sophia_assets.flow import journal
 CDC_KEY = dg.AssetKey(["sophia", "postgresql_cdc"])
 
 
-@pytest.fixture
-def source(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = new_database(postgres_url)
-    sql(url, DOCUMENTS_DDL)
-    monkeypatch.setenv("CDC_TEST_URL", url)
-    yield url
-    drop_database(url)
-
-
 def _definitions(tmp_path: Path):
     catalog = load(catalog_copy(tmp_path))
     specs = {s.key: s for s in FlowTranslator(catalog).build_specs()}
     asset = capture_asset(catalog.captures["sophia/source-postgres"], catalog, specs)
-    postgres = PostgresResource(url_env="CDC_TEST_URL")
+    postgres = PostgresResource(url_env=SOURCE_URL_ENV)
     resources = {"postgres": postgres, "flow_runtime": FlowRuntimeResource(postgres=postgres)}
     return asset, latency_check(CDC_KEY), resources
 

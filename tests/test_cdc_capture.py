@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cdc import (
     COLLECTION,
-    DOCUMENTS_DDL,
     catalog_copy,
-    drop_database,
     duplicated_changes,
     load,
-    new_database,
     reduced_state,
     runner,
     source_state,
     sql,
 )
-
-
-@pytest.fixture
-def source(postgres_url: str) -> Iterator[str]:
-    url = new_database(postgres_url)
-    sql(url, DOCUMENTS_DDL)
-    yield url
-    drop_database(url)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -30,14 +29,6 @@ from cdc import (
 from conftest import embedded
 
 from sophia_assets.flow.source import SourceError
-
-
-@pytest.fixture
-def source(postgres_url: str) -> Iterator[str]:
-    url = new_database(postgres_url)
-    sql(url, DOCUMENTS_DDL)
-    yield url
-    drop_database(url)
 
 
 class Workload(threading.Thread):

@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cdc import DOCUMENTS_DDL, catalog_copy, drop_database, load, new_database, runner, sql
+from cdc import catalog_copy, load, runner, sql
+from conftest import SOURCE_URL_ENV
 
 from resources.postgres import PostgresResource
 from resources.vector_index import PgVectorIndex
@@ -31,21 +31,12 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture
-def source(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = new_database(postgres_url)
-    sql(url, DOCUMENTS_DDL)
-    monkeypatch.setenv("EMBED_TEST_URL", url)
-    yield url
-    drop_database(url)
-
-
-@pytest.fixture
 def catalog(tmp_path: Path):
     return load(catalog_copy(tmp_path))
 
 
 def _index() -> PgVectorIndex:
-    return PgVectorIndex(postgres=PostgresResource(url_env="EMBED_TEST_URL"))
+    return PgVectorIndex(postgres=PostgresResource(url_env=SOURCE_URL_ENV))
 
 
 def _pipeline(url: str, catalog, embedder: Embedder, batch: int = 256):
@@ -219,7 +210,7 @@ def test_checks_pass_on_a_synced_index_and_fail_on_drift(source: str, catalog, e
         consistency_check(index_key, UPDATES),
         dimension_check(index_key, UPDATES),
     ]
-    postgres = PostgresResource(url_env="EMBED_TEST_URL")
+    postgres = PostgresResource(url_env=SOURCE_URL_ENV)
     resources = {
         "postgres": postgres,
         "embedder": EmbedderResource(),
