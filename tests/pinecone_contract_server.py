@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 
-CONTRACT = (
-    Path(__file__).resolve().parents[2] / "shared/contracts/pinecone-db-data-2026-04.oas.yaml"
+# The published contracts live in shared/ beside the checkout (SOPHIA_CONTRACTS overrides).
+CONTRACTS = Path(
+    os.environ.get("SOPHIA_CONTRACTS") or Path(__file__).resolve().parents[2] / "shared/contracts"
 )
+CONTRACT = CONTRACTS / "pinecone-db-data-2026-04.oas.yaml"
 MAX_UPSERT_RECORDS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
@@ -59,6 +62,11 @@ class PineconeContractServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.host = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        if not CONTRACT.exists():
+            raise FileNotFoundError(
+                f"the Pinecone data-plane contract is not at {CONTRACT}; check out shared/ "
+                "beside the repository or set SOPHIA_CONTRACTS to its contracts folder"
+            )
         spec = yaml.safe_load(CONTRACT.read_text())
         spec["servers"] = [{"url": self.host}]
         self._api = OpenAPI.from_dict(spec)
