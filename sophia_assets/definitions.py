@@ -12,6 +12,7 @@ from resources.embedder import EmbedderResource
 from resources.flow_runtime import FlowRuntimeResource
 from resources.postgres import PostgresResource
 from resources.vector_index import configured_index
+from sensors.estuary import build_estuary_sensor
 from sophia_assets.assets.cdc import capture_asset
 from sophia_assets.assets.embeddings import vector_index_asset, vector_updates_asset
 from sophia_assets.catalog import load_catalog
@@ -22,6 +23,10 @@ from sophia_assets.demo.seed_job import demo_seed_job
 from sophia_assets.flow.runtime import runnable_captures
 from sophia_assets.freshness import FRESHNESS
 from sophia_assets.home import flow_specs_dir
+
+# eager(): runs when vector_updates has a new materialization and the index has not run since;
+# it never starts a run on a tick when nothing changed.
+INDEX_FOLLOWS = dg.AutomationCondition.eager()
 
 catalog = load_catalog(flow_specs_dir())
 specs = {spec.key: spec for spec in FlowTranslator(catalog).build_specs()}
@@ -46,13 +51,31 @@ derived = [
 embedded = {key for assets_def in derived for key in assets_def.keys}
 indexes = [
     vector_index_asset(
-        spec.replace_attributes(freshness_policy=FRESHNESS),
+        spec.replace_attributes(freshness_policy=FRESHNESS, automation_condition=INDEX_FOLLOWS),
         "/".join(next(iter(spec.deps)).asset_key.path),
     )
     for spec in specs.values()
     if spec.group_name == "vector_index" and {d.asset_key for d in spec.deps} <= embedded
 ]
 computed = captured | embedded | {key for assets_def in indexes for key in assets_def.keys}
+
+embed_job = dg.define_asset_job(
+    "embed",
+    selection=dg.AssetSelection.assets(*embedded),
+    description="Embeds what changed in the captured collections (the index follows by "
+    "declarative automation).",
+)
+reindex_job = dg.define_asset_job(
+    "reindex",
+    selection=dg.AssetSelection.assets(*(k for a in indexes for k in a.keys)),
+    description="Applies pending vector updates to the index.",
+)
+drain_job = dg.define_asset_job(
+    "drain",
+    selection=dg.AssetSelection.assets(*captured),
+    tags={"sophia/capture": "drain"},  # one drain at a time (dagster.yaml)
+    description="Drains the captures up to now.",
+)
 
 main_job = dg.define_asset_job(
     "main",
@@ -78,7 +101,22 @@ defs = dg.Definitions(
             for check in (consistency_check, dimension_check)
         ),
     ],
-    jobs=[demo_seed_job, main_job],
+    jobs=[demo_seed_job, main_job, embed_job, reindex_job, drain_job],
+    sensors=[
+        *(
+            build_estuary_sensor(key, next(iter(embedded)), embed_job)
+            for key in sorted(captured)
+            if embedded
+        ),
+        # The index follows its vector updates; the sensor runs from the start (Dagster's
+        # default automation sensor starts stopped).
+        dg.AutomationConditionSensorDefinition(
+            "sophia_automation",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=5,
+        ),
+    ],
     resources={
         "postgres": postgres,
         "flow_runtime": FlowRuntimeResource(postgres=postgres),

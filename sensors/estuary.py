@@ -1,0 +1,160 @@
+"""The Estuary sensor: watches a captured collection's progress and turns it into Dagster
+events and embedding runs.
+
+Each tick it reads, from the collection's journal (the local flow runtime's; see the README
+for production), how far the collection has grown since the last tick, and
+- reports a runless `AssetMaterialization` of the collection with the offset, documents since
+  the last tick, the embedding lag and capture latency (the freshness policy reads it);
+- requests an embedding run once the documents pending for the derivation reach a batch
+  size, or the oldest of them has waited long enough; one run in flight at a time, the run
+  key naming the offset range, tagged for the GPU runner when the batch is large.
+
+The cursor is the last offset reported, so a restarted daemon neither re-reports nor misses.
+"""
+
+import json
+from dataclasses import dataclass
+
+import dagster as dg
+
+from resources.postgres import PostgresResource
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    batch_documents: int = 500  # pending documents that start a run at once
+    max_wait_seconds: float = 30.0  # the oldest pending document never waits longer
+    gpu_documents: int = 20_000  # at or above this, the run is tagged for the GPU runner
+
+
+@dataclass(frozen=True)
+class Progress:
+    last_offset: int
+    derived_offset: int
+    oldest_pending_age_s: float | None
+    new_documents: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+
+
+def read_progress(
+    postgres: PostgresResource, collection: str, derivation: str, reported: int
+) -> Progress:
+    conn = postgres.connect()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('flow.journal') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return Progress(-1, -1, None, 0, None, None)
+            cur.execute(
+                "SELECT (state->>'offset')::bigint FROM flow.checkpoints WHERE task = %s",
+                (f"derive:{derivation}",),
+            )
+            row = cur.fetchone()
+            derived = row[0] if row else -1
+            cur.execute(
+                'SELECT coalesce(max("offset"), -1), '
+                'extract(epoch FROM now() - min(captured_at) FILTER (WHERE "offset" > %s)), '
+                'count(*) FILTER (WHERE "offset" > %s) '
+                'FROM flow.journal WHERE collection = %s AND "offset" > least(%s, %s)',
+                (derived, reported, collection, derived, reported),
+            )
+            last, age, new = cur.fetchone()
+            from sophia_assets.flow.latency import latency_figures
+
+            latency = (
+                latency_figures(cur, collection, offsets=(reported + 1, last))
+                if last > reported
+                else None
+            )
+    finally:
+        conn.close()
+    return Progress(
+        last if last >= 0 else max(reported, derived),
+        derived,
+        float(age) if age is not None else None,
+        new,
+        latency.p50_ms if latency else None,
+        latency.p99_ms if latency else None,
+    )
+
+
+def build_estuary_sensor(
+    collection_key: dg.AssetKey,
+    derivation_key: dg.AssetKey,
+    embed_job,  # the asset job the sensor starts
+    thresholds: Thresholds = Thresholds(),
+    minimum_interval_seconds: int = 5,
+) -> dg.SensorDefinition:
+    collection = "/".join(collection_key.path)
+    derivation = "/".join(derivation_key.path)
+
+    @dg.sensor(
+        name="estuary__" + "__".join(collection_key.path),
+        description=f"Reports progress of {collection} and requests embedding runs.",
+        job=embed_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def _sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+        cursor = json.loads(context.cursor) if context.cursor else {"reported": -1}
+        progress = read_progress(postgres, collection, derivation, cursor["reported"])
+        events = []
+        if progress.last_offset > cursor["reported"]:
+            metadata = {
+                "offset": progress.last_offset,
+                "documents_since_last_tick": progress.new_documents,
+                "embedding_lag_documents": progress.last_offset - progress.derived_offset,
+            }
+            if progress.latency_p99_ms is not None:
+                metadata["latency_p50_ms"] = round(progress.latency_p50_ms, 3)
+                metadata["latency_p99_ms"] = round(progress.latency_p99_ms, 3)
+            events.append(
+                dg.AssetMaterialization(
+                    asset_key=collection_key,
+                    metadata=metadata,
+                    description="reported by the Estuary sensor",
+                )
+            )
+            cursor["reported"] = progress.last_offset
+        request, reason = _embedding_request(context, progress, thresholds, embed_job.name)
+        return dg.SensorResult(
+            run_requests=[request] if request else [],
+            skip_reason=None if request or events else reason,
+            asset_events=events,
+            cursor=json.dumps(cursor),
+        )
+
+    return _sensor
+
+
+def _embedding_request(
+    context: dg.SensorEvaluationContext, progress: Progress, thresholds: Thresholds, job_name: str
+):
+    pending = progress.last_offset - progress.derived_offset
+    if pending <= 0:
+        return None, "nothing pending for the embeddings"
+    old_enough = (progress.oldest_pending_age_s or 0) >= thresholds.max_wait_seconds
+    if pending < thresholds.batch_documents and not old_enough:
+        return None, (
+            f"{pending} documents pending, below {thresholds.batch_documents}; the "
+            f"oldest has waited {progress.oldest_pending_age_s or 0:.1f} s of "
+            f"{thresholds.max_wait_seconds:.0f}"
+        )
+    running = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1
+    )
+    if running:
+        return None, f"an embedding run is in flight ({running[0].run_id}); one at a time"
+    runner = "gpu" if pending >= thresholds.gpu_documents else "local"
+    return dg.RunRequest(
+        run_key=f"embed:{progress.derived_offset + 1}-{progress.last_offset}",
+        tags={"sophia/runner": runner, "sophia/pending_documents": str(pending)},
+    ), None

@@ -1,0 +1,125 @@
+"""The Estuary sensor on a real journal: cursors, thresholds, max wait, one run in flight,
+GPU routing, and a restart from a stored cursor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from cdc import catalog_copy, load, runner, sql
+from conftest import SOURCE_URL_ENV
+
+from resources.postgres import PostgresResource
+from sensors.estuary import Thresholds, build_estuary_sensor
+
+CDC_KEY = dg.AssetKey(["sophia", "postgresql_cdc"])
+UPDATES_KEY = dg.AssetKey(["sophia", "vector_updates"])
+EMBED_JOB = dg.define_asset_job("embed", selection=[UPDATES_KEY])
+
+
+@pytest.fixture
+def capture(source: str, tmp_path: Path):
+    catalog = load(catalog_copy(tmp_path))
+    return lambda: runner(source, catalog).drain()
+
+
+def _insert(url: str, first: int, count: int) -> None:
+    sql(
+        url,
+        "INSERT INTO documents (id, title, body) SELECT g, 't', 'b' FROM generate_series(%s, %s) g",
+        params=(first, first + count - 1),
+    )
+
+
+def _tick(sensor, instance, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"postgres": PostgresResource(url_env=SOURCE_URL_ENV)},
+    )
+    result = sensor.evaluate_tick(context)
+    return result, result.cursor
+
+
+def test_reports_progress_and_requests_runs_by_batch_size(source, capture) -> None:
+    sensor = build_estuary_sensor(
+        CDC_KEY,
+        UPDATES_KEY,
+        EMBED_JOB,
+        Thresholds(batch_documents=5, max_wait_seconds=3600, gpu_documents=1000),
+    )
+    with dg.instance_for_test() as instance:
+        _insert(source, 1, 3)
+        capture()
+        first, cursor = _tick(sensor, instance)
+        (event,) = first.asset_events
+        assert event.asset_key == CDC_KEY and event.metadata["offset"].value == 2
+        assert event.metadata["documents_since_last_tick"].value == 3
+        assert event.metadata["embedding_lag_documents"].value == 3
+        assert "latency_p99_ms" not in event.metadata  # backfilled rows are not changes
+        assert first.run_requests == [] and json.loads(cursor) == {"reported": 2}
+
+        quiet, cursor = _tick(sensor, instance, cursor)
+        assert quiet.asset_events == [] and quiet.run_requests == []
+        assert "3 documents pending, below 5" in quiet.skip_message
+
+        _insert(source, 4, 3)
+        capture()
+        third, cursor = _tick(sensor, instance, cursor)
+        assert third.asset_events[0].metadata["documents_since_last_tick"].value == 3
+        assert third.asset_events[0].metadata["latency_p99_ms"].value > 0
+        (request,) = third.run_requests
+        assert request.run_key == "embed:0-5" and request.tags["sophia/runner"] == "local"
+
+        # A daemon restarted with the stored cursor neither re-reports nor loses the request.
+        again, _ = _tick(sensor, instance, cursor)
+        assert again.asset_events == []
+        assert [r.run_key for r in again.run_requests] == ["embed:0-5"]
+
+
+def test_one_run_in_flight_and_gpu_routing(source, capture) -> None:
+    sensor = build_estuary_sensor(
+        CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=2, gpu_documents=4)
+    )
+    with dg.instance_for_test() as instance:
+        _insert(source, 1, 5)
+        capture()
+        result, cursor = _tick(sensor, instance)
+        (request,) = result.run_requests
+        assert request.tags["sophia/runner"] == "gpu"
+
+        instance.add_run(
+            dg.DagsterRun(job_name="embed", run_id="a" * 36, status=dg.DagsterRunStatus.STARTED)
+        )
+        busy, _ = _tick(sensor, instance, cursor)
+        assert busy.run_requests == []
+        assert "an embedding run is in flight" in busy.skip_message
+
+
+def test_max_wait_starts_a_small_batch(source, capture) -> None:
+    patient = build_estuary_sensor(
+        CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=100, max_wait_seconds=3600)
+    )
+    impatient = build_estuary_sensor(
+        CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=100, max_wait_seconds=0)
+    )
+    with dg.instance_for_test() as instance:
+        _insert(source, 1, 1)
+        capture()
+        assert _tick(patient, instance)[0].run_requests == []
+        assert [r.run_key for r in _tick(impatient, instance)[0].run_requests] == ["embed:0-0"]
+
+
+def test_index_follows_vector_updates_without_running_when_nothing_changed() -> None:
+    from sophia_assets.definitions import defs
+
+    index_key = dg.AssetKey(["pinecone", "sophia-ai-vectors"])
+    with dg.instance_for_test() as instance:
+        quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert quiet.total_requested == 0
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=UPDATES_KEY))
+        moved = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+        assert moved.get_requested_partitions(index_key) == {None}
+        assert moved.total_requested == 1
