@@ -13,6 +13,7 @@ The cursor is the last offset reported, so a restarted daemon neither re-reports
 """
 
 import json
+import os
 from dataclasses import dataclass
 
 import dagster as dg
@@ -32,6 +33,15 @@ class Thresholds:
     batch_documents: int = 500  # pending documents that start a run at once
     max_wait_seconds: float = 30.0  # the oldest pending document never waits longer
     gpu_documents: int = 20_000  # at or above this, the run is tagged for the GPU runner
+
+    @classmethod
+    def from_environment(cls) -> "Thresholds":
+        """SOPHIA_EMBED_BATCH_DOCUMENTS, SOPHIA_EMBED_MAX_WAIT_S, SOPHIA_EMBED_GPU_DOCUMENTS."""
+        return cls(
+            batch_documents=int(os.environ.get("SOPHIA_EMBED_BATCH_DOCUMENTS", 500)),
+            max_wait_seconds=float(os.environ.get("SOPHIA_EMBED_MAX_WAIT_S", 30)),
+            gpu_documents=int(os.environ.get("SOPHIA_EMBED_GPU_DOCUMENTS", 20_000)),
+        )
 
 
 @dataclass(frozen=True)
@@ -90,11 +100,12 @@ def build_estuary_sensor(
     collection_key: dg.AssetKey,
     derivation_key: dg.AssetKey,
     embed_job,  # the asset job the sensor starts
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds | None = None,
     minimum_interval_seconds: int = 5,
 ) -> dg.SensorDefinition:
     collection = "/".join(collection_key.path)
     derivation = "/".join(derivation_key.path)
+    thresholds = thresholds or Thresholds.from_environment()
 
     @dg.sensor(
         name="estuary__" + "__".join(collection_key.path),
