@@ -6,13 +6,17 @@ here, because every run process loads this module.
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from resources.embedder import EmbedderResource
 from resources.flow_runtime import FlowRuntimeResource
+from resources.n8n import N8nResource
 from resources.postgres import PostgresResource
 from resources.vector_index import configured_index
 from sensors.estuary import build_estuary_sensor
+from sensors.n8n import build_n8n_sensor, load_workflows, workflow_specs
 from sophia_assets.assets.cdc import capture_asset
 from sophia_assets.assets.embeddings import vector_index_asset, vector_updates_asset
 from sophia_assets.catalog import load_catalog
@@ -83,6 +87,9 @@ main_job = dg.define_asset_job(
     description="The data path on the configured backends: capture, embed, index.",
 )
 
+# n8n workflows from sensors/n8n_workflows.yaml: external assets, and a sensor when any.
+workflows = load_workflows()
+
 postgres = PostgresResource()
 defs = dg.Definitions(
     assets=[
@@ -90,6 +97,7 @@ defs = dg.Definitions(
         *derived,
         *indexes,
         *(spec for key, spec in specs.items() if key not in computed),
+        *workflow_specs(workflows),
     ],
     asset_checks=[
         *(latency_check(key) for key in sorted(captured)),
@@ -110,6 +118,7 @@ defs = dg.Definitions(
         ),
         # The index follows its vector updates; the sensor runs from the start (Dagster's
         # default automation sensor starts stopped).
+        *([build_n8n_sensor(workflows, [embed_job, reindex_job, drain_job])] if workflows else []),
         dg.AutomationConditionSensorDefinition(
             "sophia_automation",
             target=dg.AssetSelection.all(),
@@ -122,5 +131,6 @@ defs = dg.Definitions(
         "flow_runtime": FlowRuntimeResource(postgres=postgres),
         "embedder": embedder,
         "vector_index": configured_index(postgres),
+        "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
     },
 )

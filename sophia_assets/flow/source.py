@@ -89,7 +89,7 @@ def describe_table(cur, namespace: str, name: str, key_columns: tuple[str, ...])
 def ensure_watermarks_table(cur, qualified: str) -> None:
     """Creates it if missing (on an autocommit cursor). Another process may create it between
     our check and our insert; then it exists, which is all we want."""
-    with contextlib.suppress(psycopg2.errors.UniqueViolation):
+    with contextlib.suppress(psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject):
         cur.execute(
             f"CREATE TABLE IF NOT EXISTS {qualified} "
             "(slot text PRIMARY KEY, watermark text NOT NULL)"

@@ -1,0 +1,173 @@
+"""The n8n sensor: executions of configured n8n workflows become asset events and runs.
+
+`sensors/n8n_workflows.yaml` (or `SOPHIA_N8N_WORKFLOWS`) maps each workflow to an action; an
+unknown action is a configuration error when the code location loads. Each workflow is the
+external asset `n8n/<name>`, materialized once per settled execution. A successful execution
+requests its action's job with the execution id as run key, so nothing is acted on twice;
+failed, crashed and canceled executions are reported and not acted on.
+
+The cursor keeps, per workflow, the highest execution id below which everything is handled,
+plus the handled ids above it (executions still running hold the cursor back until they
+settle), so none is missed or handled twice across pages, ticks and daemon restarts.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import yaml
+
+from resources.n8n import N8nError, N8nResource
+
+WORKFLOWS_FILE = Path(__file__).with_name("n8n_workflows.yaml")
+ACTIONS = {
+    "re-embed": "embed",
+    "reindex": "reindex",
+    "drain": "drain",
+    "rebuild-image": None,
+    "deploy-stack": None,
+}
+TIME_BUDGET_S = 45.0  # a sensor tick is cut off after 60 s
+
+
+@dataclass(frozen=True)
+class WorkflowAction:
+    id: str
+    name: str
+    action: str
+
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        return dg.AssetKey(["n8n", self.name])
+
+
+def load_workflows(path: Path | None = None) -> list[WorkflowAction]:
+    path = Path(path or os.environ.get("SOPHIA_N8N_WORKFLOWS") or WORKFLOWS_FILE)
+    document = yaml.safe_load(path.read_text()) or {}
+    entries = document.get("workflows") or []
+    workflows = []
+    for index, entry in enumerate(entries):
+        where = f"{path}: workflows[{index}]"
+        missing = {"id", "name", "action"} - set(entry or {})
+        if missing:
+            raise ValueError(
+                f"{where}: missing {', '.join(sorted(missing))}; each workflow "
+                "needs id, name and action"
+            )
+        if entry["action"] not in ACTIONS:
+            raise ValueError(
+                f"{where}.action: unknown action {entry['action']!r}; use one of "
+                f"{', '.join(ACTIONS)}"
+            )
+        workflows.append(WorkflowAction(str(entry["id"]), str(entry["name"]), entry["action"]))
+    return workflows
+
+
+def workflow_specs(workflows: list[WorkflowAction]) -> list[dg.AssetSpec]:
+    return [
+        dg.AssetSpec(
+            w.asset_key,
+            group_name="workflows",
+            kinds={"n8n"},
+            description=f"n8n workflow {w.id}; a successful execution runs {w.action}.",
+            metadata={"n8n/workflow_id": w.id},
+        )
+        for w in workflows
+    ]
+
+
+def build_n8n_sensor(
+    workflows: list[WorkflowAction], jobs: list, minimum_interval_seconds: int = 15
+) -> dg.SensorDefinition:
+    available = {job.name for job in jobs}
+
+    @dg.sensor(
+        name="n8n_executions",
+        jobs=jobs,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Executions of the workflows in sensors/n8n_workflows.yaml.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, n8n: N8nResource):
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        started = time.monotonic()
+        events, requests, notes = [], [], []
+        for workflow in workflows:
+            if time.monotonic() - started > TIME_BUDGET_S:
+                notes.append("time budget reached; the rest waits for the next tick")
+                break
+            state = cursor.get(workflow.id, {"after": 0, "done": []})
+            try:
+                if not n8n.workflow_exists(workflow.id):
+                    notes.append(
+                        f"workflow {workflow.id} ({workflow.name}) is not known to n8n; "
+                        "fix its id in sensors/n8n_workflows.yaml"
+                    )
+                    continue
+                page = n8n.executions_after(workflow.id, state["after"])
+            except (N8nError, httpx.HTTPError) as err:  # includes n8n being unreachable
+                return dg.SensorResult(skip_reason=f"n8n: {err}", cursor=context.cursor)
+            done = set(state["done"])
+            for execution in page.executions:
+                if execution.id in done or not execution.settled:
+                    continue
+                events.append(
+                    dg.AssetMaterialization(
+                        asset_key=workflow.asset_key,
+                        metadata={
+                            "execution_id": execution.id,
+                            "status": execution.status,
+                            "mode": execution.mode,
+                            "started_at": execution.started_at or "",
+                            "stopped_at": execution.stopped_at or "",
+                        },
+                    )
+                )
+                done.add(execution.id)
+                request = _request(workflow, execution, available, notes)
+                if request:
+                    requests.append(request)
+            cursor[workflow.id] = _advance(state["after"], done, page.executions)
+        for note in notes:
+            context.log.warning(note)
+        return dg.SensorResult(
+            run_requests=requests,
+            asset_events=events,
+            cursor=json.dumps(cursor),
+            skip_reason=None if events or requests else ("; ".join(notes) or "no new executions"),
+        )
+
+    return _sensor
+
+
+def _request(workflow: WorkflowAction, execution, available: set[str], notes: list[str]):
+    if execution.status != "success":
+        return None  # reported, not acted on
+    job = ACTIONS[workflow.action]
+    if job is None or job not in available:
+        notes.append(
+            f"execution {execution.id} of {workflow.name}: action {workflow.action!r} "
+            "is not available yet (its assets arrive with their issue); refused"
+        )
+        return None
+    return dg.RunRequest(
+        job_name=job,
+        run_key=f"n8n:{workflow.id}:{execution.id}",
+        tags={"sophia/n8n_workflow": workflow.name, "sophia/n8n_execution": str(execution.id)},
+    )
+
+
+def _advance(after: int, done: set[int], seen) -> dict:
+    """Moves `after` up over handled ids while no unsettled execution is in the way."""
+    unsettled = sorted(e.id for e in seen if not e.settled)
+    limit = unsettled[0] if unsettled else None
+    for execution_id in sorted(done):
+        if limit is not None and execution_id > limit:
+            break
+        if execution_id > after and (limit is None or execution_id < limit):
+            after = execution_id
+    return {"after": after, "done": sorted(i for i in done if i > after)}

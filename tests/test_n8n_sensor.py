@@ -1,0 +1,136 @@
+"""The n8n sensor against a loopback server that follows the n8n public API contract:
+backlogs across pages, executions arriving between pages, failed and running executions,
+unknown workflows and actions, and a rejected API key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from n8n_contract_server import API_KEY, N8nContractServer
+
+from resources.n8n import N8nResource
+from sensors.n8n import WorkflowAction, build_n8n_sensor, load_workflows
+
+EMBED = dg.define_asset_job("embed", selection=[dg.AssetKey(["sophia", "vector_updates"])])
+PUBLISHED = WorkflowAction("1001", "content-published", "re-embed")
+IMAGES = WorkflowAction("1002", "image-requested", "rebuild-image")
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SOPHIA_N8N_API_KEY", API_KEY)
+    with N8nContractServer(workflows={"1001", "1002"}) as running:
+        yield running
+    assert running.violations == [], running.violations[:3]
+
+
+def _tick(server: N8nContractServer, workflows, cursor=None):
+    sensor = build_n8n_sensor(workflows, jobs=[EMBED])
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"n8n": N8nResource(base_url=server.url)}
+        )
+        result = sensor.evaluate_tick(context)
+    return result, result.cursor
+
+
+def test_backlog_across_pages_is_handled_once(server) -> None:
+    server.add("1001", 600)
+    first, cursor = _tick(server, [PUBLISHED])
+    assert len(first.asset_events) == 600
+    keys = [r.run_key for r in first.run_requests]
+    assert len(keys) == len(set(keys)) == 600 and keys[0] == "n8n:1001:1001"
+    assert server.requests.count("/api/v1/executions") == 3  # pages of 250
+    assert json.loads(cursor)["1001"] == {"after": 1600, "done": []}
+
+    second, _ = _tick(server, [PUBLISHED], cursor)
+    assert second.asset_events == [] and second.run_requests == []
+
+
+def test_an_execution_arriving_between_pages_is_not_missed(server) -> None:
+    server.add("1001", 300)
+    server.between_pages = lambda page: page == 1 and server.add("1001", 1)
+    first, cursor = _tick(server, [PUBLISHED])
+    server.between_pages = None
+    second, _ = _tick(server, [PUBLISHED], cursor)
+    handled = [r.run_key for r in first.run_requests + second.run_requests]
+    assert len(handled) == len(set(handled)) == 301
+    assert [r.run_key for r in second.run_requests] == ["n8n:1001:1301"]
+
+
+def test_failed_executions_are_reported_not_acted_on(server) -> None:
+    server.add("1001", 2)
+    server.add("1001", 1, status="error")
+    result, _ = _tick(server, [PUBLISHED])
+    statuses = [e.metadata["status"].value for e in result.asset_events]
+    assert statuses == ["success", "success", "error"]
+    assert [r.run_key for r in result.run_requests] == ["n8n:1001:1001", "n8n:1001:1002"]
+
+
+def test_a_running_execution_holds_the_cursor_until_it_settles(server) -> None:
+    server.add("1001", 1)
+    server.add("1001", 1, status="running")
+    server.add("1001", 1)
+    first, cursor = _tick(server, [PUBLISHED])
+    assert [r.run_key for r in first.run_requests] == ["n8n:1001:1001", "n8n:1001:1003"]
+    assert json.loads(cursor)["1001"] == {"after": 1001, "done": [1003]}
+    server.set_status(1002, "success")
+    second, cursor = _tick(server, [PUBLISHED], cursor)
+    assert [r.run_key for r in second.run_requests] == ["n8n:1001:1002"]
+    assert json.loads(cursor)["1001"] == {"after": 1003, "done": []}
+
+
+def test_unknown_workflow_and_refused_action_are_explained(server) -> None:
+    server.add("1002", 1)
+    unknown = WorkflowAction("9999", "ghost", "reindex")
+    result, _ = _tick(server, [unknown, IMAGES])
+    assert [e.asset_key for e in result.asset_events] == [IMAGES.asset_key]
+    assert result.run_requests == []  # rebuild-image has no job yet
+
+
+def test_rejected_api_key_skips_with_the_reason(server, monkeypatch) -> None:
+    server.add("1001", 1)
+    monkeypatch.setenv("SOPHIA_N8N_API_KEY", "wrong")
+    result, cursor = _tick(server, [PUBLISHED], cursor='{"1001": {"after": 7, "done": []}}')
+    assert "rejected the API key in SOPHIA_N8N_API_KEY (401" in result.skip_message
+    assert "wrong" not in result.skip_message
+    assert json.loads(cursor) == {"1001": {"after": 7, "done": []}}
+
+
+def test_a_backlog_of_ten_thousand_is_worked_off(server) -> None:
+    server.add("1001", 10_000)
+    result, cursor = _tick(server, [PUBLISHED])
+    assert len(result.run_requests) == 10_000
+    assert json.loads(cursor)["1001"]["after"] == 11_000
+
+
+def test_unknown_action_is_a_configuration_error(tmp_path: Path) -> None:
+    config = tmp_path / "workflows.yaml"
+    config.write_text("workflows:\n  - {id: '5', name: x, action: launch-rocket}\n")
+    with pytest.raises(
+        ValueError,
+        match=r"workflows\[0\]\.action: unknown action "
+        r"'launch-rocket'; use one of re-embed",
+    ):
+        load_workflows(config)
+    assert load_workflows() == []  # the shipped file configures none
+
+
+def test_unreachable_n8n_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setenv("SOPHIA_N8N_API_KEY", API_KEY)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    sensor = build_n8n_sensor([PUBLISHED], jobs=[EMBED])
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance,
+            resources={"n8n": N8nResource(base_url=f"http://127.0.0.1:{port}", timeout_s=2)},
+        )
+        result = sensor.evaluate_tick(context)
+    assert result.skip_message.startswith("n8n: ") and result.run_requests == []
