@@ -6,10 +6,7 @@ Every refusal says what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-
-import psycopg2.errors
 
 from sophia_assets.flow.values import Converter, converter
 
@@ -87,13 +84,14 @@ def describe_table(cur, namespace: str, name: str, key_columns: tuple[str, ...])
 
 
 def ensure_watermarks_table(cur, qualified: str) -> None:
-    """Creates it if missing (on an autocommit cursor). Another process may create it between
-    our check and our insert; then it exists, which is all we want."""
-    with contextlib.suppress(psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject):
-        cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {qualified} "
-            "(slot text PRIMARY KEY, watermark text NOT NULL)"
-        )
+    """Creates it if missing. Concurrent `CREATE TABLE IF NOT EXISTS` can still fail on the
+    catalog's unique indexes, so creators take an advisory lock first (one transaction, also
+    on an autocommit cursor)."""
+    cur.execute(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('flow.watermarks')); "
+        f"CREATE TABLE IF NOT EXISTS {qualified} (slot text PRIMARY KEY, watermark text NOT NULL); "
+        "COMMIT;"
+    )
 
 
 def ensure_publication(cur, publication: str, tables: list[str]) -> None:
