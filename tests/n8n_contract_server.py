@@ -1,73 +1,29 @@
-"""A loopback n8n public API that follows `../shared/contracts/n8n-public-api-2.41.1.yml`:
-requests and responses are validated with openapi-core and mismatches recorded. Executions
-are listed newest first with n8n's cursor (base64 JSON `{lastId, limit}`); a hook can add
-executions between two pages, and a wrong API key gets 401."""
+"""A loopback n8n public API that follows `../shared/contracts/n8n-public-api-2.41.1.yml`
+(requests and responses validated by `ContractServer`). Executions are listed newest first
+with n8n's cursor (base64 JSON `{lastId, limit}`); a hook can add executions between two pages,
+and a wrong API key gets 401."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
-import yaml
-from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
+from contract_server import ContractServer
 
-CONTRACT = (
-    Path(
-        os.environ.get("SOPHIA_CONTRACTS")
-        or Path(__file__).resolve().parents[2] / "shared/contracts"
-    )
-    / "n8n-public-api-2.41.1.yml"
-)
 API_KEY = "n8n-test-key-not-a-secret"
-_SPEC_CACHE: dict = {}
 
 
-@dataclass
-class _Request:
-    host_url: str
-    path: str
-    method: str
-    parameters: RequestParameters
-    content_type: str = "application/json"
-    body: bytes | None = None
+class N8nContractServer(ContractServer):
+    validate_error_responses = False  # the contract leaves 401/404 bodies undefined
 
-
-@dataclass
-class _Response:
-    status_code: int
-    data: bytes
-    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
-    content_type: str = "application/json"
-
-
-class N8nContractServer:
     def __init__(self, workflows: set[str]):
+        super().__init__("n8n-public-api-2.41.1.yml", base_path="/api/v1")
         self.workflows = workflows
         self.executions: list[dict] = []  # any order; listed newest first
-        self.violations: list[str] = []
         self.requests: list[str] = []
         self.between_pages: Callable[[int], None] | None = None  # called after page n
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        if "spec" not in _SPEC_CACHE:  # 20,000 lines: parse once per test session
-            if not CONTRACT.exists():
-                raise FileNotFoundError(
-                    f"the n8n contract is not at {CONTRACT}; check out "
-                    "shared/ beside the repository or set SOPHIA_CONTRACTS"
-                )
-            _SPEC_CACHE["spec"] = yaml.safe_load(CONTRACT.read_text())
-        spec = dict(_SPEC_CACHE["spec"])
-        spec["servers"] = [{"url": f"{self.url}/api/v1"}]
-        self._api = OpenAPI.from_dict(spec)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._pages_served = 0
 
     def add(self, workflow_id: str, count: int, status: str = "success") -> None:
@@ -94,52 +50,17 @@ class N8nContractServer:
                 execution["status"] = status
                 execution["stoppedAt"] = "2026-11-24T03:00:02.000Z"
 
-    def __enter__(self) -> N8nContractServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server._serve(self)
-
-        return Handler
-
-    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
-        url = urlsplit(handler.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        request = _Request(
-            self.url,
-            url.path,
-            "get",
-            RequestParameters(query=query, header=dict(handler.headers.items())),
-        )
-        try:
-            self._api.validate_request(request)
-        except Exception as err:
-            self.violations.append(f"request GET {url.path}: {err}")
-        status, payload = self._answer(url.path, query, handler.headers.get("X-N8N-API-KEY"))
-        response = _Response(status, json.dumps(payload).encode())
-        if status == 200:
-            try:
-                self._api.validate_response(request, response)
-            except Exception as err:
-                self.violations.append(f"response {status} {url.path}: {err}")
-        self.requests.append(url.path)
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(response.data)))
-        handler.end_headers()
-        handler.wfile.write(response.data)
+    def answer(
+        self,
+        path: str,
+        method: str,
+        data: dict,
+        query: dict[str, Any],
+        headers: dict[str, str],
+        size: int,
+    ) -> tuple[int, dict]:
+        self.requests.append(path)
+        return self._answer(path, query, headers.get("X-N8N-API-KEY"))
 
     def _answer(self, path: str, query: dict, key: str | None) -> tuple[int, dict]:
         if key != API_KEY:

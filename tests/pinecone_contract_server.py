@@ -1,135 +1,50 @@
 """A loopback Pinecone data plane that follows the published contract
-(`../shared/contracts/pinecone-db-data-2026-04.oas.yaml`): every request it receives and every
-response it sends is validated against the OpenAPI document with openapi-core, and any
-mismatch is recorded for the test to see. It enforces Pinecone's documented limits (1,000
-records and 2 MB per upsert, 1,000 ids per fetch or delete) and can be told to fail requests
-(429, 500) to exercise the client's retries."""
+(`../shared/contracts/pinecone-db-data-2026-04.oas.yaml`; requests and responses validated by
+`ContractServer`). It enforces Pinecone's documented limits (1,000 records and 2 MB per upsert,
+1,000 ids per fetch or delete) and can be told to fail requests (429, 500) to exercise the
+client's retries."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
 from collections import deque
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import yaml
-from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
+from contract_server import ContractServer
 
-# The published contracts live in shared/ beside the checkout (SOPHIA_CONTRACTS overrides).
-CONTRACTS = Path(
-    os.environ.get("SOPHIA_CONTRACTS") or Path(__file__).resolve().parents[2] / "shared/contracts"
-)
-CONTRACT = CONTRACTS / "pinecone-db-data-2026-04.oas.yaml"
 MAX_UPSERT_RECORDS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
 
-@dataclass
-class _Request:
-    host_url: str
-    path: str
-    method: str
-    parameters: RequestParameters
-    content_type: str
-    body: bytes | None
-    full_url_pattern: str = ""
-
-
-@dataclass
-class _Response:
-    status_code: int
-    data: bytes
-    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
-    content_type: str = "application/json"
-
-
-class PineconeContractServer:
+class PineconeContractServer(ContractServer):
     def __init__(self, dimension: int = 384):
+        super().__init__("pinecone-db-data-2026-04.oas.yaml")
+        self.host = self.url
         self.dimension = dimension
         self.namespaces: dict[str, dict[str, tuple[list[float], dict[str, Any]]]] = {}
-        self.violations: list[str] = []
         self.requests: list[tuple[str, int]] = []  # (path, status) in arrival order
         self.faults: deque[tuple[str, int]] = deque()  # (path, status) to answer next
         self.fail_on_call: dict[tuple[str, int], int] = {}  # (path, n-th call) -> status
         self._calls: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.host = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        if not CONTRACT.exists():
-            raise FileNotFoundError(
-                f"the Pinecone data-plane contract is not at {CONTRACT}; check out shared/ "
-                "beside the repository or set SOPHIA_CONTRACTS to its contracts folder"
-            )
-        spec = yaml.safe_load(CONTRACT.read_text())
-        spec["servers"] = [{"url": self.host}]
-        self._api = OpenAPI.from_dict(spec)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> PineconeContractServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    # -- HTTP -------------------------------------------------------------------------------
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                server._serve(self, "get")
-
-            def do_POST(self) -> None:
-                server._serve(self, "post")
-
-        return Handler
-
-    def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        url = urlsplit(handler.path)
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else None
-        query = {k: v if len(v) > 1 else v[0] for k, v in parse_qs(url.query).items()}
-        request = _Request(
-            host_url=self.host,
-            path=url.path,
-            method=method,
-            parameters=RequestParameters(query=query, header=dict(handler.headers.items())),
-            content_type=(handler.headers.get("Content-Type") or "").lower(),
-            body=body,
-        )
-        try:
-            self._api.validate_request(request)
-        except Exception as err:
-            self.violations.append(f"request {method.upper()} {url.path}: {err}")
-        status, payload = self._answer(url.path, method, body, query)
-        response = _Response(status, json.dumps(payload).encode())
-        try:
-            self._api.validate_response(request, response)
-        except Exception as err:
-            self.violations.append(f"response {status} {url.path}: {err}")
+    def answer(
+        self,
+        path: str,
+        method: str,
+        data: dict,
+        query: dict[str, Any],
+        headers: dict[str, str],
+        size: int,
+    ) -> tuple[int, dict]:
+        status, payload = self._answer(path, method, data, query, size)
         with self._lock:
-            self.requests.append((url.path, status))
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(response.data)))
-        handler.end_headers()
-        handler.wfile.write(response.data)
+            self.requests.append((path, status))
+        return status, payload
 
     def _answer(
-        self, path: str, method: str, body: bytes | None, query: dict[str, Any]
+        self, path: str, method: str, data: dict, query: dict[str, Any], size: int
     ) -> tuple[int, dict]:
         with self._lock:
             self._calls[path] = self._calls.get(path, 0) + 1
@@ -138,7 +53,6 @@ class PineconeContractServer:
                 scripted = self.faults.popleft()[1]
         if scripted is not None:
             return scripted, _status(scripted, "injected failure")
-        data = json.loads(body) if body else {}
         try:
             route = {
                 ("post", "/vectors/upsert"): self._upsert,
@@ -150,7 +64,7 @@ class PineconeContractServer:
             }[(method, path)]
         except KeyError:
             return 404, _status(404, f"no route {method.upper()} {path}")
-        return route(data, query, len(body or b""))
+        return route(data, query, size)
 
     # -- the data plane ---------------------------------------------------------------------
 
