@@ -48,12 +48,18 @@ fi
 curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { echo "n8n did not start; see $DIR/n8n.log" >&2; exit 1; }
 
 COOKIES="$DIR/cookies.txt"
-curl -fs -c "$COOKIES" -H 'Content-Type: application/json' \
-  -d "{\"emailOrLdapLoginId\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" \
-  "http://127.0.0.1:$PORT/rest/login" >/dev/null
+# The env-managed owner appears a moment after /healthz answers: retry the login.
+for _ in $(seq 1 60); do
+  curl -fs -c "$COOKIES" -H 'Content-Type: application/json' \
+    -d "{\"emailOrLdapLoginId\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" \
+    "http://127.0.0.1:$PORT/rest/login" >/dev/null && break
+  sleep 1
+done
+LABEL="sophia-sensor-$(date +%s)"  # labels are unique per user
 KEY="$(curl -fs -b "$COOKIES" -H 'Content-Type: application/json' \
-  -d '{"label":"sophia-sensor","scopes":["workflow:read","workflow:list","workflow:create","execution:read","execution:list"],"expiresAt":null}' \
+  -d "{\"label\":\"$LABEL\",\"scopes\":[\"workflow:read\",\"workflow:list\",\"workflow:create\",\"workflow:activate\",\"execution:read\",\"execution:list\"],\"expiresAt\":null}" \
   "http://127.0.0.1:$PORT/rest/api-keys" | python3 -c "import json,sys; print(json.load(sys.stdin)['data']['rawApiKey'])")"
+rm -f "$COOKIES"
 # The key goes to a file only the owner can read, never to the terminal.
 umask 077
 printf 'export SOPHIA_N8N_URL=http://127.0.0.1:%s\nexport SOPHIA_N8N_API_KEY=%s\n' "$PORT" "$KEY" > "$DIR/env"

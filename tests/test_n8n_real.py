@@ -55,7 +55,12 @@ def test_executions_of_a_real_workflow_become_runs() -> None:
     path = uuid.uuid4().hex[:12]
     workflow_id = _webhook_workflow(api, path)
     for n in range(3):
-        httpx.post(f"{URL}/webhook/{path}", json={"n": n}, timeout=30).raise_for_status()
+        for _ in range(40):  # the webhook is registered shortly after activation
+            response = httpx.post(f"{URL}/webhook/{path}", json={"n": n}, timeout=30)
+            if response.status_code != 404:
+                break
+            threading.Event().wait(0.5)
+        response.raise_for_status()
     sensor = build_n8n_sensor([WorkflowAction(workflow_id, "real-test", "re-embed")], [EMBED])
     resource = N8nResource(base_url=URL)
     with dg.instance_for_test() as instance:
