@@ -8,6 +8,7 @@
     sophia bench cdc [--json]              capture throughput and latency vs the floor
     sophia bench embed [--json]            embedding pipeline vs raw SentenceTransformer
     sophia bench search [--json]           search latency vs its parts
+    sophia bench sensors [--json]          one sensor tick against a large backlog
     sophia search TEXT [--top-k K] [--json]
                                            nearest documents in the vector index
     sophia flow drain [--rebackfill]       capture up to now, then stop
@@ -124,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="figures as JSON on the last line"
     )
     search_bench.set_defaults(handler=_bench_search)
+
+    sensors = bench_verbs.add_parser("sensors", help="one sensor tick against a backlog")
+    sensors.add_argument("--executions", type=int, default=10_000, help="pending (10000)")
+    sensors.add_argument("--documents", type=int, default=100_000, help="pending (100000)")
+    sensors.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    sensors.set_defaults(handler=_bench_sensors)
 
     catalog = verbs.add_parser("catalog", help="the flow_specs catalog")
     catalog_verbs = catalog.add_subparsers(title="catalog commands")
@@ -502,6 +509,15 @@ def _bench_search(args: argparse.Namespace) -> int:
         postgres_url(), _corpus(load_corpus, sophia_home()), args.documents, args.queries, say=_say
     )
     print_search_figures(figures, args.json)
+    return 0
+
+
+def _bench_sensors(args: argparse.Namespace) -> int:
+    from resources.postgres_server import postgres_url
+    from sophia_assets.bench.sensors import print_sensor_figures, run_sensor_bench
+
+    figures = run_sensor_bench(postgres_url(), args.executions, args.documents, say=_say)
+    print_sensor_figures(figures, args.json)
     return 0
 
 

@@ -7,10 +7,10 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from pinecone_contract_server import MAX_REQUEST_BYTES, PineconeContractServer
 
 from resources.postgres import PostgresResource
 from resources.vector_index import PineconeIndex, VectorRecord
+from sophia_assets.contracts.pinecone import MAX_REQUEST_BYTES, PineconeContractServer
 
 NAMESPACE = "sophia"
 

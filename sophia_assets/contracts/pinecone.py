@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from contract_server import ContractServer
+from sophia_assets.contracts.contract_server import ContractServer
 
 MAX_UPSERT_RECORDS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from contract_server import ContractServer
+from sophia_assets.contracts.contract_server import ContractServer
 
 API_KEY = "n8n-test-key-not-a-secret"
 
@@ -18,8 +18,8 @@ API_KEY = "n8n-test-key-not-a-secret"
 class N8nContractServer(ContractServer):
     validate_error_responses = False  # the contract leaves 401/404 bodies undefined
 
-    def __init__(self, workflows: set[str]):
-        super().__init__("n8n-public-api-2.41.1.yml", base_path="/api/v1")
+    def __init__(self, workflows: set[str], validate: bool = True):
+        super().__init__("n8n-public-api-2.41.1.yml", base_path="/api/v1", validate=validate)
         self.workflows = workflows
         self.executions: list[dict] = []  # any order; listed newest first
         self.requests: list[str] = []

@@ -1,0 +1,3 @@
+"""Loopback servers that speak the published contracts of outside services (shared/contracts),
+validating every request and response: the tests drive the real clients against them, and
+the benchmarks load them."""
