@@ -59,6 +59,19 @@ class VectorIndex(dg.ConfigurableResource, ABC):
         finally:
             conn.close()
 
+    def _store_offset(self, offset: int) -> None:
+        """Records `offset` as applied, in a transaction of its own (pgvector instead commits
+        it with the vectors)."""
+        from sophia_assets.flow import journal
+
+        conn = self.postgres.connect()  # every backend declares `postgres`
+        try:
+            journal.ensure_schema(conn)
+            with conn, conn.cursor() as cur:
+                journal.save_checkpoint(cur, self._offset_task(), "0/0", {"offset": offset})
+        finally:
+            conn.close()
+
     @abstractmethod
     def query(
         self, vector: list[float], top_k: int, metadata_filter: dict[str, Any] | None = None
@@ -220,7 +233,6 @@ class PineconeIndex(VectorIndex):
         return Pinecone(api_key=key).Index(host=self.host)
 
     def apply(self, upserts: list[VectorRecord], deletes: list[str], offset: int) -> None:
-        from sophia_assets.flow import journal
 
         index = self._index()
         for batch in _batches(upserts, self.batch_records, self.max_request_bytes):
@@ -235,13 +247,7 @@ class PineconeIndex(VectorIndex):
         for start in range(0, len(deletes), 1000):
             ids = deletes[start : start + 1000]
             self._retry(lambda i=ids: index.delete(ids=i, namespace=self.namespace))
-        conn = self.postgres.connect()
-        try:
-            journal.ensure_schema(conn)
-            with conn, conn.cursor() as cur:
-                journal.save_checkpoint(cur, self._offset_task(), "0/0", {"offset": offset})
-        finally:
-            conn.close()
+        self._store_offset(offset)  # only now that Pinecone acknowledged every batch
 
     def query(
         self, vector: list[float], top_k: int, metadata_filter: dict[str, Any] | None = None
