@@ -28,9 +28,11 @@ ACTIONS = {
     "re-embed": "embed",
     "reindex": "reindex",
     "drain": "drain",
-    "rebuild-image": None,
+    "rebuild-image": "images",  # the mapped images/<image> only
     "deploy-stack": None,
 }
+# Actions that name what they act on, and the workflow field that names it.
+TARGETS = {"rebuild-image": "image"}
 TIME_BUDGET_S = 45.0  # a sensor tick is cut off after 60 s
 
 
@@ -39,13 +41,17 @@ class WorkflowAction:
     id: str
     name: str
     action: str
+    target: str | None = None  # the image a rebuild-image workflow rebuilds
 
     @property
     def asset_key(self) -> dg.AssetKey:
         return dg.AssetKey(["n8n", self.name])
 
 
-def load_workflows(path: Path | None = None) -> list[WorkflowAction]:
+def load_workflows(
+    path: Path | None = None, images: list[str] | None = None
+) -> list[WorkflowAction]:
+    """The configured workflows; `images` are the image names a rebuild-image may name."""
     path = Path(path or os.environ.get("SOPHIA_N8N_WORKFLOWS") or WORKFLOWS_FILE)
     document = yaml.safe_load(path.read_text()) or {}
     entries = document.get("workflows") or []
@@ -63,7 +69,16 @@ def load_workflows(path: Path | None = None) -> list[WorkflowAction]:
                 f"{where}.action: unknown action {entry['action']!r}; use one of "
                 f"{', '.join(ACTIONS)}"
             )
-        workflows.append(WorkflowAction(str(entry["id"]), str(entry["name"]), entry["action"]))
+        field = TARGETS.get(entry["action"])
+        target = entry.get(field) if field else None
+        if field and target not in (images or []):
+            raise ValueError(
+                f"{where}.{field}: {entry['action']} needs the {field} it acts on, one of "
+                f"{', '.join(images or []) or '(none configured)'}; got {target!r}"
+            )
+        workflows.append(
+            WorkflowAction(str(entry["id"]), str(entry["name"]), entry["action"], target)
+        )
     return workflows
 
 
@@ -156,6 +171,7 @@ def _request(workflow: WorkflowAction, execution, available: set[str], notes: li
         return None
     return dg.RunRequest(
         job_name=job,
+        asset_selection=[dg.AssetKey(["images", workflow.target])] if workflow.target else None,
         run_key=f"n8n:{workflow.id}:{execution.id}",
         tags={"sophia/n8n_workflow": workflow.name, "sophia/n8n_execution": str(execution.id)},
     )

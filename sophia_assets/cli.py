@@ -5,6 +5,8 @@
     sophia demo run [--rows N]             the main job on the embedded defaults
     sophia postgres start|stop|status|url  the embedded PostgreSQL under SOPHIA_HOME
     sophia catalog validate                check flow_specs/ and print its lineage
+    sophia images list [--files]           images in deploy/images.yaml and context digests
+    sophia images check                    hadolint and our Dockerfile rules (exit 1 on errors)
     sophia bench cdc [--json]              capture throughput and latency vs the floor
     sophia bench embed [--json]            embedding pipeline vs raw SentenceTransformer
     sophia bench search [--json]           search latency vs its parts
@@ -137,7 +139,51 @@ def _parser() -> argparse.ArgumentParser:
     catalog_verbs.add_parser(
         "validate", help="validate flow_specs/ and print the lineage"
     ).set_defaults(handler=_catalog_validate)
+
+    images = verbs.add_parser("images", help="the container images in deploy/images.yaml")
+    images_verbs = images.add_subparsers(title="images commands")
+    listing = images_verbs.add_parser("list", help="images with their context digests")
+    listing.add_argument("--files", action="store_true", help="also the files in each context")
+    listing.set_defaults(handler=_images_list)
+    images_verbs.add_parser(
+        "check", help="hadolint and our rules on each image's Dockerfile"
+    ).set_defaults(handler=_images_check)
     return parser
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def _images_list(args: argparse.Namespace) -> int:
+    from sophia_assets.images.config import load_images
+
+    for image in load_images():
+        files = image.build_context.files()
+        digest = image.build_context.digest()
+        print(
+            f"images/{image.name}  target={image.target or '(last)'}  "
+            f"context={digest[:12]}  files={len(files)}  repository={image.repository}"
+        )
+        if args.files:
+            print("".join(f"    {name}\n" for name in files), end="")
+    return 0
+
+
+def _images_check(args: argparse.Namespace) -> int:
+    from sophia_assets.images.config import load_images
+    from sophia_assets.images.rules import check_dockerfile, failing
+
+    by_file: dict = {}
+    for image in load_images():
+        by_file.setdefault(image.dockerfile, []).append(image.target)
+    failed = 0
+    for dockerfile, targets in by_file.items():
+        findings = check_dockerfile(dockerfile, targets)
+        failed += len(failing(findings))
+        print(f"{dockerfile}: {len(findings)} finding(s), {len(failing(findings))} failing")
+        for finding in findings:
+            print(f"  {finding}")
+    return 1 if failed else 0
 
 
 # -- demo ---------------------------------------------------------------------------------

@@ -16,7 +16,11 @@ from sophia_assets.contracts.n8n import API_KEY, N8nContractServer
 
 EMBED = dg.define_asset_job("embed", selection=[dg.AssetKey(["sophia", "vector_updates"])])
 PUBLISHED = WorkflowAction("1001", "content-published", "re-embed")
-IMAGES = WorkflowAction("1002", "image-requested", "rebuild-image")
+IMAGES = WorkflowAction("1002", "image-requested", "rebuild-image", "code-location")
+STACK = WorkflowAction("1002", "stack-requested", "deploy-stack")
+IMAGES_JOB = dg.define_asset_job(
+    "images", selection=[dg.AssetKey(["images", "code-location"]), dg.AssetKey(["images", "gpu"])]
+)
 
 
 @pytest.fixture
@@ -27,8 +31,8 @@ def server(monkeypatch: pytest.MonkeyPatch):
     assert running.violations == [], running.violations[:3]
 
 
-def _tick(server: N8nContractServer, workflows, cursor=None):
-    sensor = build_n8n_sensor(workflows, jobs=[EMBED])
+def _tick(server: N8nContractServer, workflows, cursor=None, jobs=(EMBED,)):
+    sensor = build_n8n_sensor(workflows, jobs=list(jobs))
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(
             instance=instance, cursor=cursor, resources={"n8n": N8nResource(base_url=server.url)}
@@ -86,9 +90,29 @@ def test_a_running_execution_holds_the_cursor_until_it_settles(server) -> None:
 def test_unknown_workflow_and_refused_action_are_explained(server) -> None:
     server.add("1002", 1)
     unknown = WorkflowAction("9999", "ghost", "reindex")
-    result, _ = _tick(server, [unknown, IMAGES])
-    assert [e.asset_key for e in result.asset_events] == [IMAGES.asset_key]
-    assert result.run_requests == []  # rebuild-image has no job yet
+    result, _ = _tick(server, [unknown, STACK])
+    assert [e.asset_key for e in result.asset_events] == [STACK.asset_key]
+    assert result.run_requests == []  # deploy-stack has no job yet
+
+
+def test_rebuild_image_requests_the_mapped_image_only(server) -> None:
+    server.add("1002", 1)
+    result, _ = _tick(server, [IMAGES], jobs=(EMBED, IMAGES_JOB))
+    [request] = result.run_requests
+    assert request.job_name == "images"
+    assert request.asset_selection == [dg.AssetKey(["images", "code-location"])]
+    assert request.run_key.startswith("n8n:1002:")
+
+
+def test_rebuild_image_must_name_a_configured_image(tmp_path: Path) -> None:
+    config = tmp_path / "workflows.yaml"
+    config.write_text("workflows:\n  - {id: '5', name: x, action: rebuild-image, image: nope}\n")
+    with pytest.raises(ValueError, match=r"workflows\[0\]\.image: rebuild-image needs the image"):
+        load_workflows(config, images=["code-location"])
+    config.write_text(
+        "workflows:\n  - {id: '5', name: x, action: rebuild-image, image: code-location}\n"
+    )
+    assert load_workflows(config, images=["code-location"])[0].target == "code-location"
 
 
 def test_rejected_api_key_skips_with_the_reason(server, monkeypatch) -> None:

@@ -1,0 +1,426 @@
+"""Container images: the context digest, the Dockerfile rules, and the build on Build Cloud with a
+stand-in `docker` on PATH that checks the flags it receives and writes buildx's metadata file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from conftest import REPO
+
+from resources.image_builder import ImageBuilderResource
+from sophia_assets.assets.deploy import helm_values_asset
+from sophia_assets.assets.images import image_asset
+from sophia_assets.checks.images import dockerfile_check, matches_code_check
+from sophia_assets.images.config import ImageConfig, load_images
+from sophia_assets.images.context import BuildContext
+from sophia_assets.images.dockerignore import DockerIgnore
+from sophia_assets.images.rules import check_dockerfile, failing
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def _pushed_digest(tag: str) -> str:
+    """The digest the stand-in reports: a function of the tag, as a registry's would be of
+    the image's content."""
+    return "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
+
+
+# -- the context digest ------------------------------------------------------------------------
+
+PROJECT = {
+    "Dockerfile": "FROM python:3.11.14-slim-bookworm\n"
+    "RUN --mount=type=bind,source=uv.lock,target=uv.lock true\n"
+    "COPY pyproject.toml ./\nCOPY pkg ./pkg\nUSER 10001:10001\n",
+    ".dockerignore": ".sophia\ntests\n**/__pycache__\n",
+    "pyproject.toml": "[project]\nname = 'x'\n",
+    "uv.lock": "version = 1\n",
+    "pkg/a.py": "A = 1\n",
+    "pkg/__pycache__/a.cpython-311.pyc": "bytecode",
+    "tests/test_a.py": "def test(): pass\n",
+    ".sophia/state": "local state",
+    "notes.md": "not read by the Dockerfile",
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    for name, text in PROJECT.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def _context(root: Path) -> BuildContext:
+    return BuildContext(root, root / "Dockerfile")
+
+
+@pytest.mark.parametrize(
+    "changed",
+    ["pkg/a.py", "uv.lock", "pyproject.toml", "Dockerfile", "pkg/new.py"],
+    ids=["package source", "bind-mounted lock", "pyproject", "Dockerfile", "new source file"],
+)
+def test_digest_changes_with_a_file_the_build_reads(project: Path, changed: str) -> None:
+    before = _context(project).digest()
+    path = project / changed
+    path.write_text((path.read_text() if path.exists() else "") + "# edit\n")
+    assert _context(project).digest() != before
+
+
+def test_digest_changes_when_a_file_becomes_executable(project: Path) -> None:
+    before = _context(project).digest()
+    path = project / "pkg/a.py"
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    assert _context(project).digest() != before
+
+
+@pytest.mark.parametrize(
+    "changed",
+    ["tests/test_a.py", ".sophia/state", "pkg/__pycache__/a.cpython-311.pyc", "notes.md"],
+    ids=["ignored tests", "ignored .sophia", "ignored cache", "never read"],
+)
+def test_digest_ignores_files_outside_the_used_context(project: Path, changed: str) -> None:
+    before = _context(project).digest()
+    (project / changed).write_text("changed")
+    assert _context(project).digest() == before
+
+
+def test_repository_context_holds_the_code_and_nothing_local() -> None:
+    [image] = [i for i in load_images() if i.name == "code-location"]
+    files = image.build_context.files()
+    for expected in ("pyproject.toml", "uv.lock", "sophia_assets/definitions.py", "README.md"):
+        assert expected in files
+    assert any(f.startswith("resources/") for f in files)
+    assert any(f.startswith("flow_specs/schemas/") for f in files)
+    for path in files:
+        assert not path.startswith(("tests/", ".sophia/", ".venv/", ".git/")), path
+        assert "__pycache__" not in path, path
+
+
+def test_dockerignore_exceptions_and_double_star() -> None:
+    ignore = DockerIgnore(["*", "!pkg", "**/*.pyc", "pkg/private", "!pkg/private/keep.txt"])
+    assert ignore.excludes("notes.md")
+    assert not ignore.excludes("pkg/a.py")
+    assert ignore.excludes("pkg/sub/a.pyc")
+    assert ignore.excludes("pkg/private/key.pem")
+    assert not ignore.excludes("pkg/private/keep.txt")  # the last match wins
+    assert not ignore.prunes("pkg/private")  # an exception below it keeps the walk going
+
+
+# -- Dockerfile rules --------------------------------------------------------------------------
+
+
+def _findings(tmp_path: Path, text: str, targets=("runtime", "gpu")):
+    path = tmp_path / "Dockerfile"
+    path.write_text(text)
+    return check_dockerfile(path, list(targets))
+
+
+def test_the_project_dockerfile_passes_every_rule(tmp_path: Path) -> None:
+    assert _findings(tmp_path, DOCKERFILE) == []
+
+
+RUNTIME_FROM = "FROM python:3.11.14-slim-bookworm AS runtime"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "rule"),
+    [
+        (RUNTIME_FROM, "FROM python:3.11-slim AS runtime", "pinned-base-image"),
+        (RUNTIME_FROM, "FROM python:latest AS runtime", "pinned-base-image"),
+        (RUNTIME_FROM, "FROM python AS runtime", "pinned-base-image"),
+        (
+            "FROM astral/uv:0.11.7-python3.11-bookworm-slim AS build",
+            "ARG UV=astral/uv:0.11.7-python3.11-bookworm-slim\nFROM ${UV} AS build",
+            "pinned-base-image",
+        ),
+        (
+            "WORKDIR /app\nRUN --mount=type=cache",
+            "WORKDIR /app\nCOPY --from=astral/uv:latest /uv /bin/\nRUN --mount=type=cache",
+            "pinned-base-image",
+        ),
+        ("USER 10001:10001\nEXPOSE", "EXPOSE", "non-root-user"),
+        ("USER 10001:10001\nEXPOSE", "USER root\nEXPOSE", "non-root-user"),
+        ("compute,utility\nUSER 10001:10001", "compute,utility\nUSER 0:0", "non-root-user"),
+        ("    SOPHIA_HOME=/tmp/sophia", "    PINECONE_API_KEY=pk-123", "no-secret-in-env"),
+        ("WORKDIR /app\nUSER", "ARG GITHUB_TOKEN\nWORKDIR /app\nUSER", "no-secret-in-env"),
+        ("WORKDIR /app\nUSER", "ENV DB_PASSWORD hunter2\nWORKDIR /app\nUSER", "no-secret-in-env"),
+        ("WORKDIR /app\nUSER", "WORKDIR /app\nRUN cd /tmp && touch x\nUSER", "DL3003"),
+    ],
+    ids=[
+        "moving tag",
+        "latest",
+        "no tag",
+        "tag from ARG",
+        "COPY --from unpinned image",
+        "no USER",
+        "USER root",
+        "gpu target as 0:0",
+        "secret ENV",
+        "secret ARG",
+        "legacy secret ENV",
+        "hadolint cd",
+    ],
+)
+def test_a_dockerfile_breaking_a_rule_is_rejected(
+    tmp_path: Path, old: str, new: str, rule: str
+) -> None:
+    assert old in DOCKERFILE, old
+    findings = failing(_findings(tmp_path, DOCKERFILE.replace(old, new, 1)))
+    assert rule in {f.rule for f in findings}, findings
+    finding = next(f for f in findings if f.rule == rule)
+    assert finding.line and finding.message
+
+
+def test_a_digest_pinned_base_image_passes(tmp_path: Path) -> None:
+    text = DOCKERFILE.replace(RUNTIME_FROM, f"FROM python@sha256:{'0' * 64} AS runtime")
+    assert failing(_findings(tmp_path, text)) == []
+
+
+def test_a_target_inherits_its_parent_stage_user(tmp_path: Path) -> None:
+    text = DOCKERFILE.replace("compute,utility\nUSER 10001:10001", "compute,utility")
+    assert failing(_findings(tmp_path, text, targets=("gpu",))) == []
+
+
+# -- the build ---------------------------------------------------------------------------------
+
+STUB = f"""#!{sys.executable}
+import hashlib, json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_RECORD"], "w") as f:
+    json.dump(args, f)
+required = ["buildx", "build", "--push", "--provenance=mode=max", "--sbom=true",
+            "--metadata-file", "--builder", "--progress=plain"]
+missing = [flag for flag in required if flag not in args]
+if missing:
+    print("stub docker: missing " + " ".join(missing), file=sys.stderr)
+    sys.exit(2)
+mode = os.environ.get("STUB_MODE", "ok")
+print("#1 [internal] load build definition from Dockerfile")
+print("#1 DONE 0.0s")
+for step in range(2, 62):
+    print(f"#{{step}} [build {{step}}/61] RUN step {{step}}")
+    print(f"#{{step}} CACHED" if step % 3 else f"#{{step}} DONE 0.1s")
+print("STUB-LOG-MARKER pushing layers")
+if mode == "fail":
+    print("ERROR: failed to solve: process did not complete successfully: exit code: 1")
+    sys.exit(1)
+if mode != "no-metadata":
+    tags = [args[i + 1] for i, a in enumerate(args) if a == "--tag"]
+    with open(args[args.index("--metadata-file") + 1], "w") as f:
+        digest = "sha256:" + hashlib.sha256(tags[0].encode()).hexdigest()
+        json.dump({{"containerimage.digest": digest,
+                   "image.name": ",".join(tags),
+                   "buildx.build.ref": "cloud-acme-sophia/cloud-acme-sophia0/abc"}}, f)
+"""
+
+
+@pytest.fixture
+def docker_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "docker"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    record = tmp_path / "docker-argv.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STUB_RECORD", str(record))
+    return record
+
+
+BUILDER = ImageBuilderResource(builder="cloud-acme-sophia", registry="acme")
+
+
+def _image(project: Path) -> ImageConfig:
+    return ImageConfig(
+        name="app",
+        dockerfile=project / "Dockerfile",
+        context=project,
+        repository="sophia-app",
+        platforms=("linux/amd64", "linux/arm64"),
+    )
+
+
+def _materialize(assets, instance, builder=BUILDER, **kwargs):
+    return dg.materialize(assets, instance=instance, resources={"image_builder": builder}, **kwargs)
+
+
+def _failure(result) -> str:
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = event.step_failure_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
+
+
+def test_build_runs_buildx_with_the_cloud_flags_and_reports_the_result(
+    project: Path, docker_stub: Path
+) -> None:
+    image = _image(project)
+    digest = image.build_context.digest()
+    with dg.instance_for_test() as instance:
+        result = _materialize([image_asset(image)], instance)
+        assert result.success
+        argv = json.loads(docker_stub.read_text())
+        assert argv[:4] == ["buildx", "build", "--builder", "cloud-acme-sophia"]
+        assert argv[argv.index("--tag") + 1] == f"acme/sophia-app:{digest[:12]}"
+        assert argv[argv.index("--platform") + 1] == "linux/amd64,linux/arm64"
+        assert argv[-1] == str(project)
+        [materialization] = result.asset_materializations_for_node("images__app")
+        metadata = {k: v.value for k, v in materialization.metadata.items()}
+        assert metadata["context_digest"] == digest
+        tag = f"acme/sophia-app:{digest[:12]}"
+        assert metadata["image_digest"] == _pushed_digest(tag)
+        assert metadata["image"] == f"{tag}@{_pushed_digest(tag)}"
+        assert (metadata["steps"], metadata["cached_steps"]) == (60, 40)
+        assert metadata["build_ref"].startswith("cloud-acme-sophia/")
+        logs = [e.user_message for e in instance.all_logs(result.run_id)]
+        assert any("STUB-LOG-MARKER" in message for message in logs)  # streamed into the run
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("fail", "docker buildx build exited with 1"),
+        ("no-metadata", "the build wrote no metadata file"),
+    ],
+)
+def test_a_failed_build_fails_the_asset_with_the_log_tail(
+    project: Path, docker_stub: Path, monkeypatch: pytest.MonkeyPatch, mode: str, reason: str
+) -> None:
+    monkeypatch.setenv("STUB_MODE", mode)
+    with dg.instance_for_test() as instance:
+        result = _materialize([image_asset(_image(project))], instance, raise_on_error=False)
+        assert not result.success
+        message = _failure(result)
+        assert reason in message
+        assert "STUB-LOG-MARKER" in message  # the tail of the log comes with it
+        assert "RUN step 2\n" not in message  # only the tail
+        assert instance.get_latest_materialization_event(dg.AssetKey(["images", "app"])) is None
+
+
+def test_no_builder_fails_with_the_commands_that_set_one_up(
+    project: Path, docker_stub: Path
+) -> None:
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            [image_asset(_image(project))],
+            instance,
+            builder=ImageBuilderResource(registry="acme"),
+            raise_on_error=False,
+        )
+    message = _failure(result)
+    assert "SOPHIA_BUILDX_BUILDER not set" in message
+    assert "docker buildx create --driver cloud ORG/NAME" in message
+    assert not docker_stub.exists()  # docker never ran
+
+
+def test_image_matches_code_until_the_code_changes(project: Path, docker_stub: Path) -> None:
+    image = _image(project)
+    check = matches_code_check(image)
+    selection = dg.AssetSelection.checks(check)
+    with dg.instance_for_test() as instance:
+        before = _materialize([image_asset(image), check], instance, selection=selection)
+        [never_built] = before.get_asset_check_evaluations()
+        assert not never_built.passed and "never built" in never_built.description
+
+        _materialize([image_asset(image), check], instance)
+        after_build = _materialize([image_asset(image), check], instance, selection=selection)
+        assert after_build.get_asset_check_evaluations()[0].passed
+
+        (project / "pkg/a.py").write_text("A = 2\n")
+        stale = _materialize([image_asset(image), check], instance, selection=selection)
+        [evaluation] = stale.get_asset_check_evaluations()
+        assert not evaluation.passed
+        assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+        assert "rebuild it" in evaluation.description
+
+
+def test_dockerfile_check_reports_each_finding(project: Path) -> None:
+    (project / "Dockerfile").write_text("FROM python:latest\nENV API_TOKEN=x\n")
+    image = _image(project)
+    check = dockerfile_check(image)
+    result = dg.materialize(
+        [image_asset(image), check],
+        selection=dg.AssetSelection.checks(check),
+        resources={"image_builder": BUILDER},
+    )
+    [evaluation] = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    report = evaluation.metadata["report"].value
+    for rule in ("pinned-base-image", "non-root-user", "no-secret-in-env"):
+        assert rule in report
+
+
+def test_helm_values_pin_the_last_built_image(
+    project: Path, docker_stub: Path, tmp_path: Path
+) -> None:
+    image = _image(project)
+    values = helm_values_asset(image.asset_key)
+    with dg.instance_for_test() as instance:
+        unbuilt = _materialize([values], instance, raise_on_error=False)
+        assert "has never been built; materialize it first" in _failure(unbuilt)
+
+        _materialize([image_asset(image)], instance)
+        rendered = _materialize([values], instance)
+        path = Path(
+            rendered.asset_materializations_for_node("deploy__helm_values")[0]
+            .metadata["path"]
+            .value
+        )
+    digest = image.build_context.digest()
+    document = yaml.safe_load(path.read_text())
+    [deployment] = document["dagster-user-deployments"]["deployments"]
+    assert deployment["image"]["repository"] == "acme/sophia-app"
+    pushed = _pushed_digest(f"acme/sophia-app:{digest[:12]}")
+    assert deployment["image"]["tag"] == f"{digest[:12]}@{pushed}"
+    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "sophia_assets.definitions"]
+
+
+def _stale(instance, assets) -> dict[dg.AssetKey, tuple]:
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.loader import LoadingContextForTest
+
+    graph = dg.Definitions(
+        assets=assets, resources={"image_builder": BUILDER}
+    ).resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    return {
+        key: (
+            resolver.get_status(key).value,
+            [cause.category.value for cause in resolver.get_stale_causes(key)],
+        )
+        for key in graph.materializable_asset_keys
+    }
+
+
+def test_the_ui_shows_the_image_stale_exactly_when_its_inputs_change(
+    project: Path, docker_stub: Path
+) -> None:
+    image = _image(project)
+    values = helm_values_asset(image.asset_key)
+    with dg.instance_for_test() as instance:
+        _materialize([image_asset(image), values], instance)
+        assert {s for s, _ in _stale(instance, [image_asset(image), values]).values()} == {"FRESH"}
+
+        (project / "tests/test_a.py").write_text("ignored")  # not an input: still fresh
+        assert _stale(instance, [image_asset(image), values])[image.asset_key][0] == "FRESH"
+
+        (project / "pkg/a.py").write_text("A = 2\n")  # an input: the code version moves
+        status = _stale(instance, [image_asset(image), values])
+        assert status[image.asset_key] == ("STALE", ["CODE"])
+
+        _materialize([image_asset(image)], instance)  # rebuilt: a new image digest
+        status = _stale(instance, [image_asset(image), values])
+        assert status[image.asset_key][0] == "FRESH"
+        assert status[dg.AssetKey(["deploy", "helm_values"])] == ("STALE", ["DATA"])
