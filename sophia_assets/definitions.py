@@ -12,21 +12,26 @@ import dagster as dg
 
 from resources.embedder import EmbedderResource
 from resources.flow_runtime import FlowRuntimeResource
+from resources.image_builder import ImageBuilderResource
 from resources.n8n import N8nResource
 from resources.postgres import PostgresResource
 from resources.vector_index import configured_index
 from sensors.estuary import build_estuary_sensor
 from sensors.n8n import build_n8n_sensor, load_workflows, workflow_specs
 from sophia_assets.assets.cdc import capture_asset
+from sophia_assets.assets.deploy import helm_values_asset
 from sophia_assets.assets.embeddings import vector_index_asset, vector_updates_asset
+from sophia_assets.assets.images import image_asset
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
 from sophia_assets.checks.embeddings import consistency_check, coverage_check, dimension_check
+from sophia_assets.checks.images import dockerfile_check, matches_code_check
 from sophia_assets.demo.seed_job import demo_seed_job
 from sophia_assets.flow.runtime import runnable_captures
 from sophia_assets.freshness import FRESHNESS
 from sophia_assets.home import flow_specs_dir
+from sophia_assets.images.config import load_images
 
 # eager(): runs when vector_updates has a new materialization and the index has not run since;
 # it never starts a run on a tick when nothing changed.
@@ -87,8 +92,20 @@ main_job = dg.define_asset_job(
     description="The data path on the configured backends: capture, embed, index.",
 )
 
+# Container images from deploy/images.yaml, and the deployment that uses the code location's.
+images = load_images()
+image_assets = [image_asset(image) for image in images]
+deployment = [
+    helm_values_asset(image.asset_key) for image in images if image.name == "code-location"
+]
+images_job = dg.define_asset_job(
+    "images",
+    selection=dg.AssetSelection.assets(*(image.asset_key for image in images)),
+    description="Builds and pushes images on Docker Build Cloud (a run request may select one).",
+)
+
 # n8n workflows from sensors/n8n_workflows.yaml: external assets, and a sensor when any.
-workflows = load_workflows()
+workflows = load_workflows(images=[image.name for image in images])
 
 postgres = PostgresResource()
 defs = dg.Definitions(
@@ -98,6 +115,8 @@ defs = dg.Definitions(
         *indexes,
         *(spec for key, spec in specs.items() if key not in computed),
         *workflow_specs(workflows),
+        *image_assets,
+        *deployment,
     ],
     asset_checks=[
         *(latency_check(key) for key in sorted(captured)),
@@ -108,8 +127,9 @@ defs = dg.Definitions(
             for key in a.keys
             for check in (consistency_check, dimension_check)
         ),
+        *(check(image) for image in images for check in (dockerfile_check, matches_code_check)),
     ],
-    jobs=[demo_seed_job, main_job, embed_job, reindex_job, drain_job],
+    jobs=[demo_seed_job, main_job, embed_job, reindex_job, drain_job, images_job],
     sensors=[
         *(
             build_estuary_sensor(key, next(iter(embedded)), embed_job)
@@ -118,7 +138,11 @@ defs = dg.Definitions(
         ),
         # The index follows its vector updates; the sensor runs from the start (Dagster's
         # default automation sensor starts stopped).
-        *([build_n8n_sensor(workflows, [embed_job, reindex_job, drain_job])] if workflows else []),
+        *(
+            [build_n8n_sensor(workflows, [embed_job, reindex_job, drain_job, images_job])]
+            if workflows
+            else []
+        ),
         dg.AutomationConditionSensorDefinition(
             "sophia_automation",
             target=dg.AssetSelection.all(),
@@ -131,6 +155,7 @@ defs = dg.Definitions(
         "flow_runtime": FlowRuntimeResource(postgres=postgres),
         "embedder": embedder,
         "vector_index": configured_index(postgres),
+        "image_builder": ImageBuilderResource.from_environment(),
         "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
     },
 )

@@ -55,16 +55,41 @@ def test_lineage_edge(asset_graph, upstream: dg.AssetKey, downstream: dg.AssetKe
     assert asset_graph.get(downstream).parent_keys == {upstream}
 
 
-def test_graph_has_exactly_the_catalog_nodes(asset_graph) -> None:
-    assert asset_graph.get_all_asset_keys() == {SOURCE, CDC, UPDATES, INDEX}
+CODE_IMAGE = dg.AssetKey(["images", "code-location"])
+GPU_IMAGE = dg.AssetKey(["images", "gpu-embedding"])
+HELM_VALUES = dg.AssetKey(["deploy", "helm_values"])
+
+
+def test_graph_has_exactly_the_catalog_images_and_deployment_nodes(asset_graph) -> None:
+    catalog = {SOURCE, CDC, UPDATES, INDEX}
+    assert asset_graph.get_all_asset_keys() == catalog | {CODE_IMAGE, GPU_IMAGE, HELM_VALUES}
     assert asset_graph.get(SOURCE).parent_keys == set()
     assert asset_graph.get(INDEX).child_keys == set()
+    # the images sit beside the data path, upstream of the deployment that uses them
+    assert asset_graph.get(HELM_VALUES).parent_keys == {CODE_IMAGE}
+    assert asset_graph.get(CODE_IMAGE).parent_keys == set()
 
 
 def test_only_what_has_compute_materializes(asset_graph) -> None:
     # The application's table is outside the platform: an external asset.
-    assert asset_graph.materializable_asset_keys == {CDC, UPDATES, INDEX}
+    assert asset_graph.materializable_asset_keys == {
+        CDC,
+        UPDATES,
+        INDEX,
+        CODE_IMAGE,
+        GPU_IMAGE,
+        HELM_VALUES,
+    }
     assert asset_graph.external_asset_keys == {SOURCE}
+
+
+def test_image_code_version_is_its_context_digest(asset_graph) -> None:
+    from sophia_assets.images.config import load_images
+
+    [image] = [i for i in load_images() if i.name == "code-location"]
+    assert asset_graph.get(CODE_IMAGE).code_version == image.build_context.digest()
+    # off by default: a build costs Build Cloud minutes
+    assert asset_graph.get(CODE_IMAGE).automation_condition is None
 
 
 def test_model_version_is_the_embeddings_code_version(asset_graph) -> None:
