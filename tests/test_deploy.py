@@ -159,3 +159,15 @@ def test_helm_values_agree_with_the_instance_and_workspace() -> None:
     assert root["run_coordinator"]["config"]["tag_concurrency_limits"] == LIMITS
     assert values["dagsterDaemon"]["runMonitoring"]["enabled"] is True
     assert values["postgresql"]["enabled"] is False
+
+
+def test_github_workflow_runs_ci_and_builds_every_image() -> None:
+    from sophia_assets.images.config import load_images
+
+    workflow = yaml.safe_load((REPO / ".github/workflows/ci.yml").read_text())
+    test_steps = [step.get("run", "") for step in workflow["jobs"]["test"]["steps"]]
+    assert "bash .ci/run" in test_steps
+    build = workflow["jobs"]["images"]["steps"][-1]["run"]
+    selected = build.split("--select", 1)[1].strip().strip("'").split(",")
+    assert sorted(selected) == sorted(f"images/{i.name}" for i in load_images())
+    assert workflow["jobs"]["images"]["if"].endswith("refs/heads/main'")
