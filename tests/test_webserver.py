@@ -109,4 +109,8 @@ def test_asset_nodes_carry_the_lineage(webserver: str) -> None:
         "sophia/postgresql_cdc": ["postgres/public/documents"],
         "sophia/vector_updates": ["sophia/postgresql_cdc"],
         "pinecone/sophia-ai-vectors": ["sophia/vector_updates"],
+        # the images beside the data path, upstream of the deployment that uses them
+        "images/code-location": [],
+        "images/gpu-embedding": [],
+        "deploy/helm_values": ["images/code-location"],
     }
