@@ -144,7 +144,7 @@ class VectorUpdates:
                 (self.task, list(latest)),
             )
             state = {k: (h, c, m) for k, h, c, m in cur.fetchall()}
-            to_embed: list[tuple[Pending, list[str]]] = []
+            to_embed: list[Pending] = []
             changes: list[Change] = []
             for item in latest.values():
                 previous = state.get(item.key)
@@ -159,20 +159,21 @@ class VectorUpdates:
                 if previous and previous[0] == item.content_hash and previous[2] == model:
                     report.unchanged_documents += 1
                     continue
-                to_embed.append((item, embedder.chunks(item.text) if item.text else []))
-            texts = [chunk for _, chunks in to_embed for chunk in chunks]
-            vectors = iter(embedder.embed(texts)) if texts else iter(())
-            for item, chunks in to_embed:
-                changes += [self._vector(item, n, next(vectors), model) for n in range(len(chunks))]
+                to_embed.append(item)
+            # Per document, its chunks' vectors: in this process, or through a GPU runner.
+            embedded = embedder.embed_documents([item.text for item in to_embed])
+            for item, vectors in zip(to_embed, embedded, strict=True):
+                changes += [self._vector(item, n, v, model) for n, v in enumerate(vectors)]
                 previous = state.get(item.key)
-                if previous and previous[1] > len(chunks):
-                    changes += self._tombstones(item, len(chunks), previous[1])
-                report.chunks_embedded += len(chunks)
+                if previous and previous[1] > len(vectors):
+                    changes += self._tombstones(item, len(vectors), previous[1])
+                report.chunks_embedded += len(vectors)
             report.embedded_documents += len(to_embed)
             report.tombstones += sum(1 for c in changes if c.op == "d")
             if changes:
                 next_offset = write_changes(cur, self.derived.name, changes, next_offset, report)
-            self._save_state(cur, latest, to_embed, state, model)
+            counts = {i.key: len(v) for i, v in zip(to_embed, embedded, strict=True)}
+            self._save_state(cur, latest, to_embed, counts, state, model)
             journal.save_checkpoint(cur, self.task, "0/0", {"offset": offset})
         conn.commit()
         log.info(
@@ -217,7 +218,7 @@ class VectorUpdates:
             for n in range(first, end)
         ]
 
-    def _save_state(self, cur, latest, to_embed, state, model: str) -> None:
+    def _save_state(self, cur, latest, to_embed, counts, state, model: str) -> None:
         deleted = [item.key for item in latest.values() if item.deleted and item.key in state]
         if deleted:
             cur.execute(
@@ -227,8 +228,8 @@ class VectorUpdates:
         from psycopg2.extras import execute_values
 
         rows = [
-            (self.task, item.key, item.content_hash, len(chunks), model)
-            for item, chunks in to_embed
+            (self.task, item.key, item.content_hash, counts[item.key], model)
+            for item in to_embed
         ]
         if rows:
             execute_values(

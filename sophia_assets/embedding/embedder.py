@@ -178,6 +178,15 @@ class Embedder:
                     on_batch(len(indices))
         return vectors
 
+    def embed_documents(
+        self, texts: list[str], on_batch: Callable[[int], None] | None = None
+    ) -> list[list[list[float]]]:
+        """Per document, the vectors of its chunks (none for an empty text), in input order."""
+        chunked = [self.chunks(text) if text else [] for text in texts]
+        flat = [chunk for chunks in chunked for chunk in chunks]
+        vectors = iter(self.embed(flat, on_batch)) if flat else iter(())
+        return [[next(vectors) for _ in chunks] for chunks in chunked]
+
     def _pool(self, hidden, mask):
         if self.card.pooling == "cls":
             return hidden[:, 0]
