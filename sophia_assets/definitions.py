@@ -12,11 +12,13 @@ import dagster as dg
 
 from resources.embedder import EmbedderResource
 from resources.flow_runtime import FlowRuntimeResource
+from resources.gpu_runner import API_KEY_ENV, configured_runner
 from resources.image_builder import ImageBuilderResource
 from resources.n8n import N8nResource
 from resources.postgres import PostgresResource
 from resources.vector_index import configured_index
 from sensors.estuary import build_estuary_sensor
+from sensors.lambda_janitor import build_janitor_sensor, gpu_instances_spec
 from sensors.n8n import build_n8n_sensor, load_workflows, workflow_specs
 from sophia_assets.assets.cdc import capture_asset
 from sophia_assets.assets.deploy import helm_values_asset
@@ -104,6 +106,9 @@ images_job = dg.define_asset_job(
     description="Builds and pushes images on Docker Build Cloud (a run request may select one).",
 )
 
+# Rented GPUs: the Lambda runner and its janitor when SOPHIA_LAMBDA_API_KEY is set.
+lambda_configured = bool(os.environ.get(API_KEY_ENV))
+
 # n8n workflows from sensors/n8n_workflows.yaml: external assets, and a sensor when any.
 workflows = load_workflows(images=[image.name for image in images])
 
@@ -117,6 +122,7 @@ defs = dg.Definitions(
         *workflow_specs(workflows),
         *image_assets,
         *deployment,
+        *([gpu_instances_spec()] if lambda_configured else []),
     ],
     asset_checks=[
         *(latency_check(key) for key in sorted(captured)),
@@ -143,6 +149,7 @@ defs = dg.Definitions(
             if workflows
             else []
         ),
+        *([build_janitor_sensor()] if lambda_configured else []),
         dg.AutomationConditionSensorDefinition(
             "sophia_automation",
             target=dg.AssetSelection.all(),
@@ -154,6 +161,7 @@ defs = dg.Definitions(
         "postgres": postgres,
         "flow_runtime": FlowRuntimeResource(postgres=postgres),
         "embedder": embedder,
+        "gpu_runner": configured_runner(),
         "vector_index": configured_index(postgres),
         "image_builder": ImageBuilderResource.from_environment(),
         "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),

@@ -1,11 +1,16 @@
 """`sophia/vector_updates` (embedding) and `pinecone/sophia-ai-vectors` (the index) as assets."""
 
+from contextlib import ExitStack
+
 import dagster as dg
 
 from resources.embedder import EmbedderResource
+from resources.gpu_runner import GpuRunner
 from resources.postgres import PostgresResource
 from resources.vector_index import VectorIndex
 from sophia_assets.catalog.model import Catalog
+
+RUNNER_TAG = "sophia/runner"  # `gpu`: embed through the configured GPU runner
 
 
 def vector_updates_asset(
@@ -20,11 +25,29 @@ def vector_updates_asset(
         specs=[spec.replace_attributes(code_version=code_version)],
     )
     def _embed(
-        context: dg.AssetExecutionContext, embedder: EmbedderResource, postgres: PostgresResource
+        context: dg.AssetExecutionContext,
+        embedder: EmbedderResource,
+        postgres: PostgresResource,
+        gpu_runner: GpuRunner,
     ):
         from sophia_assets.embedding.derivation import VectorUpdates
 
-        derivation = VectorUpdates(catalog, collection, postgres.url(), embedder.load)
+        remote = []  # the GPU runner's embedder, opened on the first batch (if any)
+        stack = ExitStack()
+        if context.run.tags.get(RUNNER_TAG) == "gpu":
+            context.log.info(
+                f"tagged {RUNNER_TAG}=gpu: embedding through {type(gpu_runner).__name__}"
+            )
+
+            def factory():
+                remote.append(stack.enter_context(gpu_runner.session(context, embedder.card())))
+                return remote[0]
+
+            derivation = VectorUpdates(
+                catalog, collection, postgres.url(), factory, gpu_runner.batch_documents
+            )
+        else:
+            derivation = VectorUpdates(catalog, collection, postgres.url(), embedder.load)
 
         def progress(report) -> None:
             context.log.info(
@@ -33,7 +56,8 @@ def vector_updates_asset(
                 f"unchanged, {report.tombstones} tombstones"
             )
 
-        report = derivation.run(on_batch=progress)
+        with stack:
+            report = derivation.run(on_batch=progress)
         figures = report.collections.get(collection)
         rate = report.embedded_documents / report.seconds if report.seconds else 0.0
         metadata = {
@@ -47,6 +71,9 @@ def vector_updates_asset(
             "documents_per_s": round(rate, 2),
             "model": code_version,
         }
+        if remote:
+            metadata.update(remote[0].summary())
+            metadata.update(remote[0].metadata)
         if figures and figures.first_offset is not None:
             metadata["first_offset"] = figures.first_offset
             metadata["last_offset"] = figures.last_offset

@@ -95,6 +95,9 @@ class ContractServer:
             def do_POST(self) -> None:
                 server._serve(self, "post")
 
+            def do_DELETE(self) -> None:
+                server._serve(self, "delete")
+
         return Handler
 
     def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:

@@ -228,8 +228,7 @@ class VectorUpdates:
         from psycopg2.extras import execute_values
 
         rows = [
-            (self.task, item.key, item.content_hash, counts[item.key], model)
-            for item in to_embed
+            (self.task, item.key, item.content_hash, counts[item.key], model) for item in to_embed
         ]
         if rows:
             execute_values(

@@ -1,0 +1,1 @@
+"""Remote GPU work: the Lambda Cloud API, SSH, Dagster Pipes over SSH and the rented session."""

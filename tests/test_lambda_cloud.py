@@ -1,0 +1,206 @@
+"""The Lambda Cloud client and the rented-instance session against a loopback server that
+follows `shared/contracts/lambda-cloud-api-1.8.3.json` (every request and response validated),
+on a virtual clock the client and the server share: waits cost no real time, and the rate
+limits are measured on the server's clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sophia_assets.contracts.lambda_cloud import (
+    API_KEY,
+    LambdaCloudContractServer,
+    VirtualClock,
+)
+from sophia_assets.gpu.lambda_api import (
+    InsufficientCapacity,
+    InvalidRequest,
+    LambdaCloud,
+    NotFound,
+    QuotaExceeded,
+    Unauthorized,
+)
+from sophia_assets.gpu.session import Choice, InstanceNotActive, LambdaSession, NoCapacity
+
+A10_EAST, A10_WEST = ("gpu_1x_a10", "us-east-1"), ("gpu_1x_a10", "us-west-1")
+A100_EAST, A100_WEST = ("gpu_1x_a100", "us-east-1"), ("gpu_1x_a100", "us-west-1")
+CHOICES = [Choice(*c) for c in (A10_EAST, A10_WEST, A100_EAST, A100_WEST)]
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+def _server(clock: VirtualClock, **kwargs) -> LambdaCloudContractServer:
+    server = LambdaCloudContractServer(clock=clock, **kwargs)
+    server.add_ssh_key("sophia-embedding", "ssh-ed25519 AAAAC3Nza test")
+    return server
+
+
+def _session(server, clock, tmp_path: Path, choices=CHOICES, **kwargs) -> LambdaSession:
+    return LambdaSession(
+        LambdaCloud(API_KEY, server.url, clock=clock),
+        choices,
+        ssh_key_name="sophia-embedding",
+        ssh_user="ubuntu",
+        ssh_key_path=tmp_path / "key",
+        known_hosts=tmp_path / "known_hosts",
+        run_id="0123456789abcdef",
+        log=lambda message: None,
+        **kwargs,
+    )
+
+
+def test_client_speaks_the_contract_through_an_instance_lifecycle(clock, tmp_path) -> None:
+    with _server(clock) as server:
+        client = LambdaCloud(API_KEY, server.url, clock=clock)
+        types = {t.name: t for t in client.instance_types()}
+        assert types["gpu_1x_a10"].regions_with_capacity == ("us-east-1",)
+        assert types["gpu_1x_a10"].price_cents_per_hour == 75
+        instance_id = client.launch(
+            "us-east-1", "gpu_1x_a10", "sophia-embedding", "n", {"sophia": "embedding"}
+        )
+        booting = client.instance(instance_id)
+        assert (booting.status, booting.ip, booting.tags) == (
+            "booting",
+            None,
+            {"sophia": "embedding"},
+        )
+        clock.sleep(5)
+        active = client.instance(instance_id)
+        assert (active.status, active.ip) == ("active", "127.0.0.1")
+        assert [i.id for i in client.instances()] == [instance_id]
+        assert client.terminate([instance_id])[0].status == "terminating"
+        clock.sleep(2)
+        assert client.instance(instance_id).status == "terminated"
+        assert server.fleet[instance_id].history == [
+            "booting",
+            "active",
+            "terminating",
+            "terminated",
+        ]
+        assert [k.name for k in client.ssh_keys()] == ["sophia-embedding"]
+        assert client.add_ssh_key("second", "ssh-ed25519 AAAA other").name == "second"
+        assert server.live() == []
+    assert server.violations == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "code"),
+    [
+        (lambda c: c.instance("f" * 32), NotFound, "global/object-does-not-exist"),
+        (
+            lambda c: c.launch("us-east-1", "gpu_1x_a10", "no-such-key", "n", {}),
+            InvalidRequest,
+            "global/invalid-parameters",
+        ),
+        (
+            lambda c: c.launch("us-west-1", "gpu_1x_a100", "sophia-embedding", "n", {}),
+            InsufficientCapacity,
+            "instance-operations/launch/insufficient-capacity",
+        ),
+    ],
+    ids=["not found", "invalid request", "insufficient capacity"],
+)
+def test_error_envelopes_become_typed_errors(clock, call, error, code) -> None:
+    with _server(clock) as server:
+        with pytest.raises(error) as raised:
+            call(LambdaCloud(API_KEY, server.url, clock=clock))
+        assert raised.value.code == code
+    assert server.violations == []
+
+
+def test_quota_and_a_rejected_key_are_typed_and_the_key_is_never_echoed(clock) -> None:
+    with _server(clock, quota=1) as server:
+        client = LambdaCloud(API_KEY, server.url, clock=clock)
+        client.launch("us-east-1", "gpu_1x_a10", "sophia-embedding", "n", {})
+        with pytest.raises(QuotaExceeded):
+            client.launch("us-east-1", "gpu_1x_a10", "sophia-embedding", "n", {})
+        with pytest.raises(Unauthorized) as raised:
+            LambdaCloud("wrong-secret-key", server.url, clock=clock).instances()
+        assert "SOPHIA_LAMBDA_API_KEY" in str(raised.value)
+        assert "wrong-secret-key" not in str(raised.value)
+    assert server.violations == []
+
+
+def test_requests_are_paced_to_one_per_second_and_launches_to_one_per_12_s(clock) -> None:
+    capacity = {A10_EAST: 3}
+    with _server(clock, capacity=capacity) as server:
+        client = LambdaCloud(API_KEY, server.url, clock=clock)
+        for _ in range(3):
+            client.launch("us-east-1", "gpu_1x_a10", "sophia-embedding", "n", {})
+            client.instances()
+        gaps = [b - a for a, b in zip(server.request_times, server.request_times[1:], strict=False)]
+        assert min(gaps) >= 1.0
+        assert server.launch_gaps() == [12.0, 12.0]  # as soon as allowed, never sooner
+    assert server.violations == []
+
+
+def test_capacity_falls_back_across_types_and_regions(clock, tmp_path) -> None:
+    # a10 has no room anywhere; a100 is listed in us-east-1 but gone by launch (a race)
+    capacity = {A100_WEST: 1}
+    with _server(clock, capacity=capacity, phantom={A100_EAST}) as server:
+        session = _session(server, clock, tmp_path)
+        session._launch()
+        assert (session.figures.instance_type, session.figures.region) == A100_WEST
+        assert session.figures.tried == [
+            "gpu_1x_a10@us-east-1: no capacity listed",
+            "gpu_1x_a10@us-west-1: no capacity listed",
+            "gpu_1x_a100@us-east-1: insufficient capacity at launch",
+            f"gpu_1x_a100@us-west-1: launched {session.figures.instance_id}",
+        ]
+        assert [o for *_, o in server.launches][0] == "no-capacity"
+        assert server.launch_gaps() == [12.0]  # the failed launch counted
+        session.close()
+        assert server.live() == []
+    assert server.violations == []
+
+
+def test_no_capacity_anywhere_lists_what_was_tried(clock, tmp_path) -> None:
+    with _server(clock, capacity={}) as server:
+        with pytest.raises(NoCapacity) as raised, _session(server, clock, tmp_path):
+            pass
+        for choice in CHOICES:
+            assert f"{choice}: no capacity listed" in str(raised.value)
+        assert server.launches == [] and server.live() == []
+    assert server.violations == []
+
+
+def test_an_instance_that_never_becomes_active_is_terminated(clock, tmp_path) -> None:
+    with _server(clock, boot_s=None) as server:
+        started = clock.monotonic()
+        with (
+            pytest.raises(InstanceNotActive, match="still booting after 900 s"),
+            _session(server, clock, tmp_path, active_timeout_s=900),
+        ):
+            pass
+        assert clock.monotonic() - started >= 900  # it waited the whole timeout first
+        assert server.live() == []
+        [instance] = server.fleet.values()
+        assert instance.history == ["booting", "terminating", "terminated"]
+    assert server.violations == []
+
+
+def test_session_terminates_even_when_interrupted_while_terminating(clock, tmp_path) -> None:
+    with _server(clock) as server:
+        session = _session(server, clock, tmp_path)
+        session._launch()
+        original_sleep = clock.sleep
+        interrupts = iter([KeyboardInterrupt()])
+
+        def interrupted_sleep(seconds: float) -> None:
+            original_sleep(seconds)
+            if session.figures.instance_id and server.fleet[session.figures.instance_id].status:
+                error = next(interrupts, None)
+                if error:
+                    raise error
+
+        clock.sleep = interrupted_sleep
+        with pytest.raises(KeyboardInterrupt):
+            session.close()  # the interrupt is held until the instance is gone
+        assert server.live() == []
+        assert session.figures.terminated_at is not None
+    assert server.violations == []
