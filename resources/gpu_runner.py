@@ -130,7 +130,7 @@ class LambdaGpuRunner(GpuRunner):
                 ssh_user=self.ssh_user,
                 ssh_key_path=Path(self.ssh_private_key_path).expanduser(),
                 known_hosts=Path(tmp) / "known_hosts",
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 log=context.log.info,
                 ssh_port=self.ssh_port,
                 active_timeout_s=self.active_timeout_s,
@@ -150,7 +150,7 @@ class LambdaGpuRunner(GpuRunner):
                 return
             embedder = None
             try:
-                workdir = f"sophia-{context.run_id[:8]}"
+                workdir = f"sophia-{context.run.run_id[:8]}"
                 digest = ship_project(rented.target, workdir)
                 context.log.info(f"project {digest[:12]} shipped to {rented.target.host}")
                 python = prepare_python(rented.target, workdir, self.remote_python)
@@ -180,14 +180,14 @@ class _Heartbeat:
         if tags or now - self.last >= self.every_s:
             self.last = now
             self.context.instance.add_run_tags(
-                self.context.run_id, {**(tags or {}), HEARTBEAT_TAG: str(int(now))}
+                self.context.run.run_id, {**(tags or {}), HEARTBEAT_TAG: str(int(now))}
             )
 
 
 def _report_costs(context: dg.AssetExecutionContext, metadata: dict[str, object]) -> None:
     context.log.info("Lambda Cloud: " + ", ".join(f"{k[7:]}={v}" for k, v in metadata.items()))
     context.instance.add_run_tags(
-        context.run_id,
+        context.run.run_id,
         {
             "sophia/lambda_instance_type": str(metadata["lambda/instance_type"]),
             "sophia/lambda_estimated_cost_usd": str(metadata["lambda/estimated_cost_usd"]),

@@ -204,3 +204,58 @@ def test_session_terminates_even_when_interrupted_while_terminating(clock, tmp_p
         assert server.live() == []
         assert session.figures.terminated_at is not None
     assert server.violations == []
+
+
+def test_janitor_terminates_exactly_the_instances_no_live_run_owns(clock, monkeypatch) -> None:
+    import json
+    import time
+
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
+
+    from resources.gpu_runner import LambdaGpuRunner
+    from sensors.lambda_janitor import build_janitor_sensor
+
+    now = time.time()
+    started = dg.DagsterRunStatus.STARTED
+    with _server(clock, capacity={A10_EAST: 10}) as server, dg.instance_for_test() as instance:
+        client = LambdaCloud(API_KEY, server.url, clock=clock)
+
+        def rent(name: str, status=None, beat: float | None = None, ours: bool = True) -> str:
+            run_id = None
+            if status is not None:
+                tags = {"sophia/lambda_heartbeat": str(int(beat))} if beat else {}
+                run_id = create_run_for_test(instance, status=status, tags=tags).run_id
+            tags = {"sophia": "embedding", "dagster-run": run_id or "f" * 36} if ours else {}
+            return client.launch("us-east-1", "gpu_1x_a10", "sophia-embedding", name, tags)
+
+        expected = {
+            rent("finished", dg.DagsterRunStatus.SUCCESS, now): "is SUCCESS",
+            rent("silent", started, now - 1200): "but silent for 120",
+            rent("unknown-run"): "is unknown here",
+            rent("too-old", started, now): "maximum age",
+        }
+        kept = [rent("alive", started, now - 60), rent("not-ours", ours=False)]
+        too_old = next(k for k, v in expected.items() if v == "maximum age")
+        cursor = {i: now - 300 for i in [*expected, *kept]}  # all first seen 5 minutes ago
+        cursor[too_old] = now - 7 * 3600
+
+        monkeypatch.setenv("SOPHIA_LAMBDA_API_KEY", API_KEY)
+        sensor = build_janitor_sensor(now=lambda: now)
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=json.dumps(cursor),
+            resources={"gpu_runner": LambdaGpuRunner(api_url=server.url)},
+        )
+        result = sensor.evaluate_tick(context)
+        reasons = {
+            e.metadata["instance_id"].value: e.metadata["reason"].value for e in result.asset_events
+        }
+        assert set(reasons) == set(expected)
+        for instance_id, fragment in expected.items():
+            assert fragment in reasons[instance_id]
+        for instance_id in expected:
+            assert server.fleet[instance_id].status == "terminating"
+        for instance_id in kept:
+            assert server.fleet[instance_id].status in ("booting", "active")
+    assert server.violations == []
