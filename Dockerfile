@@ -35,9 +35,11 @@ USER 10001:10001
 EXPOSE 3030
 CMD ["dagster", "code-server", "start", "--host", "0.0.0.0", "--port", "3030", "--module-name", "sophia_assets.definitions"]
 
-# The GPU variant: the same environment (PyPI's torch wheel carries the CUDA runtime); the host
-# brings the driver through the NVIDIA container toolkit.
+# The GPU variant runs the embedding entrypoint: the same environment (PyPI's torch wheel
+# carries the CUDA runtime); the host brings the driver through the NVIDIA container toolkit.
 FROM runtime AS gpu
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
+# The Dagster Pipes entrypoint: the bootstrap environment names its batch and output.
+CMD ["python", "-m", "sophia_assets.embedding.entrypoint"]
