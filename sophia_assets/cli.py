@@ -11,6 +11,7 @@
     sophia bench embed [--json]            embedding pipeline vs raw SentenceTransformer
     sophia bench search [--json]           search latency vs its parts
     sophia bench sensors [--json]          one sensor tick against a large backlog
+    sophia bench gpu [--json]              the embedding entrypoint vs in-process, on this device
     sophia search TEXT [--top-k K] [--json]
                                            nearest documents in the vector index
     sophia flow drain [--rebackfill]       capture up to now, then stop
@@ -133,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     sensors.add_argument("--documents", type=int, default=100_000, help="pending (100000)")
     sensors.add_argument("--json", action="store_true", help="figures as JSON on the last line")
     sensors.set_defaults(handler=_bench_sensors)
+
+    gpu = bench_verbs.add_parser("gpu", help="embedding entrypoint (Pipes) vs in-process")
+    gpu.add_argument("--documents", type=int, default=1000, help="demo documents (1000)")
+    gpu.add_argument("--device", default="auto", help="auto, cpu or cuda:N (auto)")
+    gpu.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    gpu.set_defaults(handler=_bench_gpu)
 
     catalog = verbs.add_parser("catalog", help="the flow_specs catalog")
     catalog_verbs = catalog.add_subparsers(title="catalog commands")
@@ -542,6 +549,16 @@ def _bench_embed(args: argparse.Namespace) -> int:
         say=_say,
     )
     print_embed_figures(figures, args.json)
+    return 0
+
+
+def _bench_gpu(args: argparse.Namespace) -> int:
+    from sophia_assets.bench.gpu import print_gpu_figures, run_gpu_bench
+    from sophia_assets.demo.corpus import load_corpus
+    from sophia_assets.home import sophia_home
+
+    corpus = _corpus(load_corpus, sophia_home())
+    print_gpu_figures(run_gpu_bench(corpus, args.documents, args.device, say=_say), args.json)
     return 0
 
 
