@@ -424,3 +424,28 @@ def test_the_ui_shows_the_image_stale_exactly_when_its_inputs_change(
         status = _stale(instance, [image_asset(image), values])
         assert status[image.asset_key][0] == "FRESH"
         assert status[dg.AssetKey(["deploy", "helm_values"])] == ("STALE", ["DATA"])
+
+
+def test_rebuild_on_change_requests_one_build_when_the_code_changes(
+    project: Path, docker_stub: Path
+) -> None:
+    from dataclasses import replace
+
+    image = replace(_image(project), rebuild_on_change=True)
+    with dg.instance_for_test() as instance:
+        _materialize([image_asset(image)], instance)
+        defs = dg.Definitions(assets=[image_asset(image)], resources={"image_builder": BUILDER})
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.total_requested == 0  # built from this context already
+
+        (project / "pkg/a.py").write_text("A = 3\n")
+        changed = dg.Definitions(assets=[image_asset(image)], resources={"image_builder": BUILDER})
+        second = dg.evaluate_automation_conditions(
+            defs=changed, instance=instance, cursor=first.cursor
+        )
+        assert second.total_requested == 1
+        assert second.get_requested_partitions(image.asset_key) == {None}
+        third = dg.evaluate_automation_conditions(
+            defs=changed, instance=instance, cursor=second.cursor
+        )
+        assert third.total_requested == 0  # requested once, not on every tick
