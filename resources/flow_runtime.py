@@ -34,14 +34,14 @@ class FlowRuntimeResource(dg.ConfigurableResource):
     ) -> "CaptureReport":
         """Captures up to the current WAL position (waits for a running `serve` instead)."""
         from sophia_assets.flow.capture import CaptureRunner
-        from sophia_assets.flow.runtime import source_url
+        from sophia_assets.flow.runtime import source_for
 
         capture = catalog.captures[capture_name]
         platform = self.postgres.url()
         runner = CaptureRunner(
             capture,
             catalog,
-            source_url(capture, platform),
+            source_for(capture, platform),
             platform,
             on_batch=on_batch or (lambda report: None),
         )

@@ -42,6 +42,20 @@ track_commit_timestamp = on
 """
 
 
+# Loopback only. Members of sophia_password_login (the rotated capture logins that
+# `sophia db roles` creates) must give their password; everyone else is trusted, as a laptop
+# default. Rewritten at every start, and by `sophia db roles` on a running server.
+HBA_RULES = """
+# sophia-assets: written by the embedded server at every start
+host all +sophia_password_login 127.0.0.1/32 scram-sha-256
+host all +sophia_password_login ::1/128 scram-sha-256
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
+host replication all 127.0.0.1/32 trust
+host replication all ::1/128 trust
+"""
+
+
 class PostgresStartError(RuntimeError):
     """The embedded server could not be initialised or started."""
 
@@ -186,8 +200,18 @@ class EmbeddedPostgres:
                 handle.write(f"\n{include}\n")
         settings = self.data / "sophia.conf"
         settings.write_text(SERVER_SETTINGS.lstrip())
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(HBA_RULES.lstrip())
         if user := _system_user():
-            os.chown(settings, user.pw_uid, user.pw_gid)
+            for path in (settings, hba):
+                os.chown(path, user.pw_uid, user.pw_gid)
+
+    def apply_auth_rules(self) -> None:
+        """Rewrites pg_hba.conf and has the running server reload it."""
+        with self._locked():
+            self._write_settings()
+            if self.status().running:
+                self._pg_ctl(["reload"])
 
     def _choose_port(self, fresh: bool) -> int:
         """The port of the last run when it is still free, so URLs stay stable across restarts."""

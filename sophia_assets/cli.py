@@ -5,6 +5,8 @@
     sophia demo run [--rows N]             the main job on the embedded defaults
     sophia postgres start|stop|status|url  the embedded PostgreSQL under SOPHIA_HOME
     sophia catalog validate                check flow_specs/ and print its lineage
+    sophia db roles                        the capture's least-privilege logins (idempotent)
+    sophia db rotate                       rotate the capture login (two-role scheme)
     sophia images list [--files]           images in deploy/images.yaml and context digests
     sophia images check                    hadolint and our Dockerfile rules (exit 1 on errors)
     sophia bench cdc [--json]              capture throughput and latency vs the floor
@@ -147,6 +149,15 @@ def _parser() -> argparse.ArgumentParser:
         "validate", help="validate flow_specs/ and print the lineage"
     ).set_defaults(handler=_catalog_validate)
 
+    db = verbs.add_parser("db", help="roles and credentials on the platform's Postgres")
+    db_verbs = db.add_subparsers(title="db commands")
+    db_verbs.add_parser(
+        "roles", help="create the capture's least-privilege logins and grants"
+    ).set_defaults(handler=_db_roles)
+    db_verbs.add_parser("rotate", help="rotate the capture login now").set_defaults(
+        handler=_db_rotate
+    )
+
     images = verbs.add_parser("images", help="the container images in deploy/images.yaml")
     images_verbs = images.add_subparsers(title="images commands")
     listing = images_verbs.add_parser("list", help="images with their context digests")
@@ -156,6 +167,43 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="hadolint and our rules on each image's Dockerfile"
     ).set_defaults(handler=_images_check)
     return parser
+
+
+# -- db -----------------------------------------------------------------------------------
+
+
+def _db_roles(args: argparse.Namespace) -> int:
+    from resources.postgres_server import postgres_url
+    from sophia_assets.catalog import load_catalog
+    from sophia_assets.home import flow_specs_dir
+    from sophia_assets.secrets.capture_login import set_up
+    from sophia_assets.secrets.postgres_roles import GROUP, PASSWORD_LOGIN, ROLES
+    from sophia_assets.secrets.store import FileSecretStore
+
+    admin = postgres_url()
+    store = FileSecretStore()
+    setup = set_up(load_catalog(flow_specs_dir()), admin, store)
+    if not _external_url():
+        _embedded().apply_auth_rules()  # password logins for members of PASSWORD_LOGIN
+    else:
+        print(f"make sure pg_hba.conf asks {PASSWORD_LOGIN}'s members for a password")
+    print(f"roles {', '.join(ROLES)} (LOGIN REPLICATION) in {GROUP}: SELECT on")
+    for table in setup.tables:
+        print(f"  {table}")
+    if setup.rotation:
+        print(f"first login: {setup.rotation.current}")
+    print(f"the current login is in {store.path} (mode 600); captures connect with it")
+    return 0
+
+
+def _db_rotate(args: argparse.Namespace) -> int:
+    from resources.postgres_server import postgres_url
+    from sophia_assets.secrets.postgres_roles import rotate
+    from sophia_assets.secrets.store import FileSecretStore
+
+    rotation = rotate(postgres_url(), FileSecretStore())
+    print(f"current login: {rotation.current} (previous: {rotation.previous or 'none'})")
+    return 0
 
 
 # -- images -------------------------------------------------------------------------------
@@ -403,7 +451,7 @@ def _flow_runners(on_batch=None):
     from resources.postgres_server import postgres_url
     from sophia_assets.catalog import load_catalog
     from sophia_assets.flow.capture import CaptureRunner
-    from sophia_assets.flow.runtime import runnable_captures, source_url
+    from sophia_assets.flow.runtime import runnable_captures, source_for
     from sophia_assets.home import flow_specs_dir
 
     catalog = load_catalog(flow_specs_dir())
@@ -412,7 +460,7 @@ def _flow_runners(on_batch=None):
         CaptureRunner(
             capture,
             catalog,
-            source_url(capture, platform),
+            source_for(capture, platform),
             platform,
             on_batch=on_batch or (lambda report: None),
         )

@@ -16,6 +16,7 @@ from resources.gpu_runner import API_KEY_ENV, configured_runner
 from resources.image_builder import ImageBuilderResource
 from resources.n8n import N8nResource
 from resources.postgres import PostgresResource
+from resources.secret_store import SecretStoreResource
 from resources.vector_index import configured_index
 from sensors.estuary import build_estuary_sensor
 from sensors.lambda_janitor import build_janitor_sensor, gpu_instances_spec
@@ -24,11 +25,18 @@ from sophia_assets.assets.cdc import capture_asset
 from sophia_assets.assets.deploy import helm_values_asset
 from sophia_assets.assets.embeddings import vector_index_asset, vector_updates_asset
 from sophia_assets.assets.images import image_asset
+from sophia_assets.assets.secrets import (
+    MANAGED,
+    capture_login,
+    rotate_secrets_job,
+    rotate_secrets_schedule,
+)
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
 from sophia_assets.checks.embeddings import consistency_check, coverage_check, dimension_check
 from sophia_assets.checks.images import dockerfile_check, matches_code_check
+from sophia_assets.checks.secrets import secret_age_check
 from sophia_assets.demo.seed_job import demo_seed_job
 from sophia_assets.flow.runtime import runnable_captures
 from sophia_assets.freshness import FRESHNESS
@@ -122,6 +130,7 @@ defs = dg.Definitions(
         *workflow_specs(workflows),
         *image_assets,
         *deployment,
+        capture_login,
         *([gpu_instances_spec()] if lambda_configured else []),
     ],
     asset_checks=[
@@ -134,8 +143,18 @@ defs = dg.Definitions(
             for check in (consistency_check, dimension_check)
         ),
         *(check(image) for image in images for check in (dockerfile_check, matches_code_check)),
+        *(secret_age_check(key, secret) for key, secret in MANAGED.items()),
     ],
-    jobs=[demo_seed_job, main_job, embed_job, reindex_job, drain_job, images_job],
+    jobs=[
+        demo_seed_job,
+        main_job,
+        embed_job,
+        reindex_job,
+        drain_job,
+        images_job,
+        rotate_secrets_job,
+    ],
+    schedules=[rotate_secrets_schedule],
     sensors=[
         *(
             build_estuary_sensor(key, next(iter(embedded)), embed_job)
@@ -164,6 +183,7 @@ defs = dg.Definitions(
         "gpu_runner": configured_runner(),
         "vector_index": configured_index(postgres),
         "image_builder": ImageBuilderResource.from_environment(),
+        "secret_store": SecretStoreResource(),
         "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
     },
 )

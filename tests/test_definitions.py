@@ -58,11 +58,17 @@ def test_lineage_edge(asset_graph, upstream: dg.AssetKey, downstream: dg.AssetKe
 CODE_IMAGE = dg.AssetKey(["images", "code-location"])
 GPU_IMAGE = dg.AssetKey(["images", "gpu-embedding"])
 HELM_VALUES = dg.AssetKey(["deploy", "helm_values"])
+CAPTURE_LOGIN = dg.AssetKey(["secrets", "postgres_capture"])
 
 
 def test_graph_has_exactly_the_catalog_images_and_deployment_nodes(asset_graph) -> None:
     catalog = {SOURCE, CDC, UPDATES, INDEX}
-    assert asset_graph.get_all_asset_keys() == catalog | {CODE_IMAGE, GPU_IMAGE, HELM_VALUES}
+    assert asset_graph.get_all_asset_keys() == catalog | {
+        CODE_IMAGE,
+        GPU_IMAGE,
+        HELM_VALUES,
+        CAPTURE_LOGIN,
+    }
     assert asset_graph.get(SOURCE).parent_keys == set()
     assert asset_graph.get(INDEX).child_keys == set()
     # the images sit beside the data path, upstream of the deployment that uses them
@@ -79,6 +85,7 @@ def test_only_what_has_compute_materializes(asset_graph) -> None:
         CODE_IMAGE,
         GPU_IMAGE,
         HELM_VALUES,
+        CAPTURE_LOGIN,
     }
     assert asset_graph.external_asset_keys == {SOURCE}
 

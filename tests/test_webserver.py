@@ -113,4 +113,5 @@ def test_asset_nodes_carry_the_lineage(webserver: str) -> None:
         "images/code-location": [],
         "images/gpu-embedding": [],
         "deploy/helm_values": ["images/code-location"],
+        "secrets/postgres_capture": [],
     }

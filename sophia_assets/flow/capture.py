@@ -37,6 +37,7 @@ import psycopg2.extras
 from sophia_assets.catalog.model import Capture, Catalog
 from sophia_assets.flow import journal, pgoutput
 from sophia_assets.flow.bindings import Binding, capture_bindings, capture_settings
+from sophia_assets.flow.credentials import FixedLogin, SourceLogin
 from sophia_assets.flow.pgoutput import UNCHANGED, lsn_int, lsn_text
 from sophia_assets.flow.source import (
     SourceError,
@@ -58,10 +59,16 @@ IDLE_WAIT_S = 0.5
 # An idle serve writes a watermark this often, so the slot's confirmed position follows the
 # server's WAL (journal writes, other databases) instead of holding it all back.
 HEARTBEAT_S = 30.0
+# A serving capture looks for a rotated source login this often.
+LOGIN_CHECK_S = 1.0
 
 
 class CaptureBusy(RuntimeError):
     """Another process runs this capture."""
+
+
+class LoginRotated(Exception):
+    """The source login was rotated while serving: reconnect with the new one."""
 
 
 @dataclass
@@ -122,18 +129,23 @@ class CaptureRunner:
         self,
         capture: Capture,
         catalog: Catalog,
-        source_url: str,
+        source_url: str | SourceLogin,
         journal_url: str,
         on_batch: Callable[[CaptureReport], None] = lambda report: None,
     ):
         self.settings = capture_settings(capture)
         self.bindings = capture_bindings(capture, catalog)
-        self.source_url = source_url
+        self.login = FixedLogin(source_url) if isinstance(source_url, str) else source_url
         self.journal_url = journal_url
         self.on_batch = on_batch
         self.report = CaptureReport(task=capture.name)
         # Set while a session of this runner is streaming from its slot.
         self.streaming = threading.Event()
+
+    @property
+    def source_url(self) -> str:
+        """Read at every connect: a rotated login takes effect on the next connection."""
+        return self.login.url()
 
     # -- modes ------------------------------------------------------------------------------
 
@@ -153,6 +165,10 @@ class CaptureRunner:
         while not stop.is_set():
             try:
                 return self._run(stop=stop)
+            except LoginRotated as rotated:
+                log.info("capture %s: %s; reconnecting", self.settings.task, rotated)
+                delay = reconnect_backoff_s
+                continue
             except CaptureBusy:
                 # A drain (or another serve) holds the capture; take over when it lets go.
                 log.info("capture %s is busy in another process; retrying", self.settings.task)
@@ -298,6 +314,8 @@ class _Session:
         self.writer: JournalWriter | None = None
         self.submitted = 0  # end LSN of the last batch handed to the writer
         self.last_activity = time.monotonic()
+        self.login_version = runner.login.version()
+        self.login_checked = time.monotonic()
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -402,6 +420,8 @@ class _Session:
                 break
             if self.chunk is None and not self._backfill_done():
                 self._start_chunk()
+            if stop is not None and time.monotonic() - self.login_checked > LOGIN_CHECK_S:
+                self._check_login()
             if stop is not None and time.monotonic() - self.last_activity > HEARTBEAT_S:
                 with self.source.cursor() as cur:
                     _write_watermark(cur, self.settings, "heartbeat")
@@ -415,6 +435,15 @@ class _Session:
             if not received:
                 select.select([self.stream], [], [], IDLE_WAIT_S if self._idle() else 0.002)
         self._flush(wait=True)
+
+    def _check_login(self) -> None:
+        """A rotated login: commit what is in hand, then leave; serve() reconnects with the
+        new login and resumes from the checkpoint (the previous login stays valid meanwhile)."""
+        self.login_checked = time.monotonic()
+        version = self.runner.login.version()
+        if version != self.login_version:
+            self._flush(wait=True)
+            raise LoginRotated(f"the source login was rotated to {self.runner.login.user()}")
 
     def _committed(self, lsn: int) -> None:
         """Called by the writer's thread after each commit."""

@@ -86,7 +86,11 @@ def describe_table(cur, namespace: str, name: str, key_columns: tuple[str, ...])
 def ensure_watermarks_table(cur, qualified: str) -> None:
     """Creates it if missing. Concurrent `CREATE TABLE IF NOT EXISTS` can still fail on the
     catalog's unique indexes, so creators take an advisory lock first (one transaction, also
-    on an autocommit cursor)."""
+    on an autocommit cursor). An existing table is left alone without any DDL: a
+    least-privilege capture role may not create tables (`sophia db roles` made it)."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,))
+    if cur.fetchone()[0]:
+        return
     cur.execute(
         "BEGIN; SELECT pg_advisory_xact_lock(hashtext('flow.watermarks')); "
         f"CREATE TABLE IF NOT EXISTS {qualified} (slot text PRIMARY KEY, watermark text NOT NULL); "
