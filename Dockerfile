@@ -14,11 +14,13 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv sync --frozen --no-dev --no-install-project
-COPY pyproject.toml uv.lock README.md workspace.yaml dagster.yaml ./
+COPY pyproject.toml uv.lock README.md workspace.yaml dagster.yaml Dockerfile .dockerignore ./
 COPY sophia_assets ./sophia_assets
 COPY resources ./resources
 COPY sensors ./sensors
 COPY flow_specs ./flow_specs
+COPY infra ./infra
+COPY deploy ./deploy
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev
 

@@ -29,10 +29,10 @@ ACTIONS = {
     "reindex": "reindex",
     "drain": "drain",
     "rebuild-image": "images",  # the mapped images/<image> only
-    "deploy-stack": None,
+    "deploy-stack": "stacks",  # the mapped infra/<stack> only
 }
-# Actions that name what they act on, and the workflow field that names it.
-TARGETS = {"rebuild-image": "image"}
+# Actions that name what they act on: the workflow field that names it, the asset prefix.
+TARGETS = {"rebuild-image": ("image", "images"), "deploy-stack": ("stack", "infra")}
 TIME_BUDGET_S = 45.0  # a sensor tick is cut off after 60 s
 
 
@@ -41,7 +41,7 @@ class WorkflowAction:
     id: str
     name: str
     action: str
-    target: str | None = None  # the image a rebuild-image workflow rebuilds
+    target: str | None = None  # the image or stack a rebuild-image/deploy-stack acts on
 
     @property
     def asset_key(self) -> dg.AssetKey:
@@ -49,9 +49,11 @@ class WorkflowAction:
 
 
 def load_workflows(
-    path: Path | None = None, images: list[str] | None = None
+    path: Path | None = None, images: list[str] | None = None, stacks: list[str] | None = None
 ) -> list[WorkflowAction]:
-    """The configured workflows; `images` are the image names a rebuild-image may name."""
+    """The configured workflows; `images` and `stacks` are the names a rebuild-image or a
+    deploy-stack may name."""
+    known = {"image": images or [], "stack": stacks or []}
     path = Path(path or os.environ.get("SOPHIA_N8N_WORKFLOWS") or WORKFLOWS_FILE)
     document = yaml.safe_load(path.read_text()) or {}
     entries = document.get("workflows") or []
@@ -69,12 +71,12 @@ def load_workflows(
                 f"{where}.action: unknown action {entry['action']!r}; use one of "
                 f"{', '.join(ACTIONS)}"
             )
-        field = TARGETS.get(entry["action"])
+        field = TARGETS[entry["action"]][0] if entry["action"] in TARGETS else None
         target = entry.get(field) if field else None
-        if field and target not in (images or []):
+        if field and target not in known[field]:
             raise ValueError(
                 f"{where}.{field}: {entry['action']} needs the {field} it acts on, one of "
-                f"{', '.join(images or []) or '(none configured)'}; got {target!r}"
+                f"{', '.join(known[field]) or '(none configured)'}; got {target!r}"
             )
         workflows.append(
             WorkflowAction(str(entry["id"]), str(entry["name"]), entry["action"], target)
@@ -171,7 +173,9 @@ def _request(workflow: WorkflowAction, execution, available: set[str], notes: li
         return None
     return dg.RunRequest(
         job_name=job,
-        asset_selection=[dg.AssetKey(["images", workflow.target])] if workflow.target else None,
+        asset_selection=[dg.AssetKey([TARGETS[workflow.action][1], workflow.target])]
+        if workflow.target
+        else None,
         run_key=f"n8n:{workflow.id}:{execution.id}",
         tags={"sophia/n8n_workflow": workflow.name, "sophia/n8n_execution": str(execution.id)},
     )

@@ -16,6 +16,7 @@ from resources.gpu_runner import API_KEY_ENV, configured_runner
 from resources.image_builder import ImageBuilderResource
 from resources.n8n import N8nResource
 from resources.postgres import PostgresResource
+from resources.pulumi_stacks import PulumiStacksResource
 from resources.secret_store import SecretStoreResource
 from resources.vector_index import configured_index
 from sensors.estuary import build_estuary_sensor
@@ -31,17 +32,20 @@ from sophia_assets.assets.secrets import (
     rotate_secrets_job,
     rotate_secrets_schedule,
 )
+from sophia_assets.assets.stacks import stack_asset
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
 from sophia_assets.checks.embeddings import consistency_check, coverage_check, dimension_check
 from sophia_assets.checks.images import dockerfile_check, matches_code_check
 from sophia_assets.checks.secrets import secret_age_check
+from sophia_assets.checks.stacks import drift_check
 from sophia_assets.demo.seed_job import demo_seed_job
 from sophia_assets.flow.runtime import runnable_captures
 from sophia_assets.freshness import FRESHNESS
 from sophia_assets.home import flow_specs_dir
 from sophia_assets.images.config import load_images
+from sophia_assets.stacks.catalog import STACKS, n8n_image_spec
 
 # eager(): runs when vector_updates has a new materialization and the index has not run since;
 # it never starts a run on a tick when nothing changed.
@@ -117,8 +121,18 @@ images_job = dg.define_asset_job(
 # Rented GPUs: the Lambda runner and its janitor when SOPHIA_LAMBDA_API_KEY is set.
 lambda_configured = bool(os.environ.get(API_KEY_ENV))
 
+# Infrastructure stacks (infra/), each downstream of the image it deploys.
+stack_assets = [stack_asset(stack) for stack in STACKS]
+stacks_job = dg.define_asset_job(
+    "stacks",
+    selection=dg.AssetSelection.assets(*(stack.asset_key for stack in STACKS)),
+    description="Deploys the Pulumi stacks (a run request may select one).",
+)
+
 # n8n workflows from sensors/n8n_workflows.yaml: external assets, and a sensor when any.
-workflows = load_workflows(images=[image.name for image in images])
+workflows = load_workflows(
+    images=[image.name for image in images], stacks=[stack.name for stack in STACKS]
+)
 
 postgres = PostgresResource()
 defs = dg.Definitions(
@@ -131,6 +145,8 @@ defs = dg.Definitions(
         *image_assets,
         *deployment,
         capture_login,
+        n8n_image_spec(),
+        *stack_assets,
         *([gpu_instances_spec()] if lambda_configured else []),
     ],
     asset_checks=[
@@ -144,6 +160,7 @@ defs = dg.Definitions(
         ),
         *(check(image) for image in images for check in (dockerfile_check, matches_code_check)),
         *(secret_age_check(key, secret) for key, secret in MANAGED.items()),
+        *(drift_check(stack) for stack in STACKS),
     ],
     jobs=[
         demo_seed_job,
@@ -152,6 +169,7 @@ defs = dg.Definitions(
         reindex_job,
         drain_job,
         images_job,
+        stacks_job,
         rotate_secrets_job,
     ],
     schedules=[rotate_secrets_schedule],
@@ -164,7 +182,11 @@ defs = dg.Definitions(
         # The index follows its vector updates; the sensor runs from the start (Dagster's
         # default automation sensor starts stopped).
         *(
-            [build_n8n_sensor(workflows, [embed_job, reindex_job, drain_job, images_job])]
+            [
+                build_n8n_sensor(
+                    workflows, [embed_job, reindex_job, drain_job, images_job, stacks_job]
+                )
+            ]
             if workflows
             else []
         ),
@@ -184,6 +206,7 @@ defs = dg.Definitions(
         "vector_index": configured_index(postgres),
         "image_builder": ImageBuilderResource.from_environment(),
         "secret_store": SecretStoreResource(),
+        "pulumi_stacks": PulumiStacksResource(),
         "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
     },
 )

@@ -75,6 +75,76 @@ def source(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     drop_database(url)
 
 
+# -- container images: a small project and a stand-in `docker` ---------------------------------
+
+PROJECT = {
+    "Dockerfile": "FROM python:3.11.14-slim-bookworm\n"
+    "RUN --mount=type=bind,source=uv.lock,target=uv.lock true\n"
+    "COPY pyproject.toml ./\nCOPY pkg ./pkg\nUSER 10001:10001\n",
+    ".dockerignore": ".sophia\ntests\n**/__pycache__\n",
+    "pyproject.toml": "[project]\nname = 'x'\n",
+    "uv.lock": "version = 1\n",
+    "pkg/a.py": "A = 1\n",
+    "pkg/__pycache__/a.cpython-311.pyc": "bytecode",
+    "tests/test_a.py": "def test(): pass\n",
+    ".sophia/state": "local state",
+    "notes.md": "not read by the Dockerfile",
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    for name, text in PROJECT.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+STUB = f"""#!{sys.executable}
+import hashlib, json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_RECORD"], "w") as f:
+    json.dump(args, f)
+required = ["buildx", "build", "--push", "--provenance=mode=max", "--sbom=true",
+            "--metadata-file", "--builder", "--progress=plain"]
+missing = [flag for flag in required if flag not in args]
+if missing:
+    print("stub docker: missing " + " ".join(missing), file=sys.stderr)
+    sys.exit(2)
+mode = os.environ.get("STUB_MODE", "ok")
+print("#1 [internal] load build definition from Dockerfile")
+print("#1 DONE 0.0s")
+for step in range(2, 62):
+    print(f"#{{step}} [build {{step}}/61] RUN step {{step}}")
+    print(f"#{{step}} CACHED" if step % 3 else f"#{{step}} DONE 0.1s")
+print("STUB-LOG-MARKER pushing layers")
+if mode == "fail":
+    print("ERROR: failed to solve: process did not complete successfully: exit code: 1")
+    sys.exit(1)
+if mode != "no-metadata":
+    tags = [args[i + 1] for i, a in enumerate(args) if a == "--tag"]
+    with open(args[args.index("--metadata-file") + 1], "w") as f:
+        digest = "sha256:" + hashlib.sha256(tags[0].encode()).hexdigest()
+        json.dump({{"containerimage.digest": digest,
+                   "image.name": ",".join(tags),
+                   "buildx.build.ref": "cloud-acme-sophia/cloud-acme-sophia0/abc"}}, f)
+"""
+
+
+@pytest.fixture
+def docker_stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "docker"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    record = tmp_path / "docker-argv.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STUB_RECORD", str(record))
+    return record
+
+
 def run_python(
     code: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

@@ -59,6 +59,8 @@ CODE_IMAGE = dg.AssetKey(["images", "code-location"])
 GPU_IMAGE = dg.AssetKey(["images", "gpu-embedding"])
 HELM_VALUES = dg.AssetKey(["deploy", "helm_values"])
 CAPTURE_LOGIN = dg.AssetKey(["secrets", "postgres_capture"])
+N8N_IMAGE = dg.AssetKey(["images", "n8n"])
+STACKS = {dg.AssetKey(["infra", name]) for name in ("n8n", "dagster", "gpu-embedding")}
 
 
 def test_graph_has_exactly_the_catalog_images_and_deployment_nodes(asset_graph) -> None:
@@ -68,12 +70,18 @@ def test_graph_has_exactly_the_catalog_images_and_deployment_nodes(asset_graph) 
         GPU_IMAGE,
         HELM_VALUES,
         CAPTURE_LOGIN,
+        N8N_IMAGE,
+        *STACKS,
     }
     assert asset_graph.get(SOURCE).parent_keys == set()
     assert asset_graph.get(INDEX).child_keys == set()
     # the images sit beside the data path, upstream of the deployment that uses them
     assert asset_graph.get(HELM_VALUES).parent_keys == {CODE_IMAGE}
     assert asset_graph.get(CODE_IMAGE).parent_keys == set()
+    # each stack downstream of the image it deploys: images/... -> infra/...
+    assert asset_graph.get(dg.AssetKey(["infra", "dagster"])).parent_keys == {CODE_IMAGE}
+    assert asset_graph.get(dg.AssetKey(["infra", "gpu-embedding"])).parent_keys == {GPU_IMAGE}
+    assert asset_graph.get(dg.AssetKey(["infra", "n8n"])).parent_keys == {N8N_IMAGE}
 
 
 def test_only_what_has_compute_materializes(asset_graph) -> None:
@@ -86,8 +94,9 @@ def test_only_what_has_compute_materializes(asset_graph) -> None:
         GPU_IMAGE,
         HELM_VALUES,
         CAPTURE_LOGIN,
+        *STACKS,
     }
-    assert asset_graph.external_asset_keys == {SOURCE}
+    assert asset_graph.external_asset_keys == {SOURCE, N8N_IMAGE}
 
 
 def test_image_code_version_is_its_context_digest(asset_graph) -> None:

@@ -17,7 +17,8 @@ from sophia_assets.contracts.n8n import API_KEY, N8nContractServer
 EMBED = dg.define_asset_job("embed", selection=[dg.AssetKey(["sophia", "vector_updates"])])
 PUBLISHED = WorkflowAction("1001", "content-published", "re-embed")
 IMAGES = WorkflowAction("1002", "image-requested", "rebuild-image", "code-location")
-STACK = WorkflowAction("1002", "stack-requested", "deploy-stack")
+STACK = WorkflowAction("1002", "stack-requested", "deploy-stack", "dagster")
+STACKS_JOB = dg.define_asset_job("stacks", selection=[dg.AssetKey(["infra", "dagster"])])
 IMAGES_JOB = dg.define_asset_job(
     "images", selection=[dg.AssetKey(["images", "code-location"]), dg.AssetKey(["images", "gpu"])]
 )
@@ -90,9 +91,17 @@ def test_a_running_execution_holds_the_cursor_until_it_settles(server) -> None:
 def test_unknown_workflow_and_refused_action_are_explained(server) -> None:
     server.add("1002", 1)
     unknown = WorkflowAction("9999", "ghost", "reindex")
-    result, _ = _tick(server, [unknown, STACK])
+    result, _ = _tick(server, [unknown, STACK])  # the stacks job is not offered here
     assert [e.asset_key for e in result.asset_events] == [STACK.asset_key]
-    assert result.run_requests == []  # deploy-stack has no job yet
+    assert result.run_requests == []
+
+
+def test_deploy_stack_requests_the_mapped_stack_only(server) -> None:
+    server.add("1002", 1)
+    result, _ = _tick(server, [STACK], jobs=(EMBED, STACKS_JOB))
+    [request] = result.run_requests
+    assert request.job_name == "stacks"
+    assert request.asset_selection == [dg.AssetKey(["infra", "dagster"])]
 
 
 def test_rebuild_image_requests_the_mapped_image_only(server) -> None:
@@ -113,6 +122,9 @@ def test_rebuild_image_must_name_a_configured_image(tmp_path: Path) -> None:
         "workflows:\n  - {id: '5', name: x, action: rebuild-image, image: code-location}\n"
     )
     assert load_workflows(config, images=["code-location"])[0].target == "code-location"
+    config.write_text("workflows:\n  - {id: '6', name: y, action: deploy-stack, stack: moon}\n")
+    with pytest.raises(ValueError, match=r"\.stack: deploy-stack needs the stack it acts on"):
+        load_workflows(config, stacks=["n8n", "dagster"])
 
 
 def test_rejected_api_key_skips_with_the_reason(server, monkeypatch) -> None:

@@ -114,4 +114,8 @@ def test_asset_nodes_carry_the_lineage(webserver: str) -> None:
         "images/gpu-embedding": [],
         "deploy/helm_values": ["images/code-location"],
         "secrets/postgres_capture": [],
+        "images/n8n": [],
+        "infra/n8n": ["images/n8n"],
+        "infra/dagster": ["images/code-location"],
+        "infra/gpu-embedding": ["images/gpu-embedding"],
     }

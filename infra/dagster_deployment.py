@@ -1,0 +1,58 @@
+"""Stack `dagster`: the code location image deployed with the official Dagster Helm chart.
+
+The chart's values are deploy/helm/values.yaml with the image the stack is given (the one
+images/code-location built, pinned by digest); the platform's secrets (Postgres URL, Pinecone
+and Lambda keys) go into the Secret `sophia-platform` from the stack's secret config (ESC),
+and Dagster's own Postgres password into `dagster-postgresql-secret`."""
+
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+VALUES = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "values.yaml"
+PLATFORM_SECRETS = {
+    "SOPHIA_POSTGRES_URL": "postgresUrl",
+    "SOPHIA_PINECONE_API_KEY": "pineconeApiKey",
+    "SOPHIA_PINECONE_HOST": "pineconeHost",
+    "SOPHIA_LAMBDA_API_KEY": "lambdaApiKey",
+}
+
+
+def chart_values(image: str) -> dict:
+    """deploy/helm/values.yaml with `repository:tag@digest` split into the chart's fields."""
+    values = yaml.safe_load(VALUES.read_text())
+    name, _, digest = image.partition("@")
+    repository, _, tag = name.rpartition(":")
+    for deployment in values["dagster-user-deployments"]["deployments"]:
+        deployment["image"].update(repository=repository, tag=f"{tag}@{digest}" if digest else tag)
+    return values
+
+
+def program() -> None:
+    config = pulumi.Config("sophia")
+    namespace_name = config.get("namespace") or "sophia"
+    image = config.require("codeLocationImage")
+    namespace = k8s.core.v1.Namespace("sophia", metadata={"name": namespace_name})
+    k8s.core.v1.Secret(
+        "sophia-platform",
+        metadata={"name": "sophia-platform", "namespace": namespace.metadata["name"]},
+        string_data={env: config.require_secret(key) for env, key in PLATFORM_SECRETS.items()},
+    )
+    k8s.core.v1.Secret(
+        "dagster-postgresql-secret",
+        metadata={"name": "dagster-postgresql-secret", "namespace": namespace.metadata["name"]},
+        string_data={"postgresql-password": config.require_secret("dagsterPostgresPassword")},
+    )
+    release = k8s.helm.v3.Release(
+        "dagster",
+        chart="dagster",
+        version=config.get("chartVersion") or "1.13.27",
+        repository_opts={"repo": config.require("chartRepository")},
+        namespace=namespace.metadata["name"],
+        values=chart_values(image),
+    )
+    pulumi.export("namespace", namespace.metadata["name"])
+    pulumi.export("image", image)
+    pulumi.export("release", release.name)

@@ -1,0 +1,1 @@
+"""Infrastructure stacks: which Pulumi program deploys what, and how a stack is run."""
