@@ -6,14 +6,13 @@ embedded server under `home` (default SOPHIA_HOME), started on first use. The UR
 the environment at run time, so a password in it never reaches Dagster's config or the UI.
 """
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from resources.esc import EscResource
 from resources.postgres_server import POSTGRES_URL_ENV, EmbeddedPostgres
 
 
@@ -27,6 +26,8 @@ class PostgresResource(dg.ConfigurableResource):
         default=None,
         description="Local state folder of the embedded server; defaults to SOPHIA_HOME.",
     )
+    # Opened before anything connects: a production URL may come from Pulumi ESC.
+    esc: EscResource | None = None
 
     def url(self) -> str:
         external = os.environ.get(self.url_env)

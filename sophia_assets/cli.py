@@ -178,10 +178,10 @@ def _db_roles(args: argparse.Namespace) -> int:
     from sophia_assets.home import flow_specs_dir
     from sophia_assets.secrets.capture_login import set_up
     from sophia_assets.secrets.postgres_roles import GROUP, PASSWORD_LOGIN, ROLES
-    from sophia_assets.secrets.store import FileSecretStore
+    from sophia_assets.secrets.store import configured_store
 
     admin = postgres_url()
-    store = FileSecretStore()
+    store = configured_store()
     setup = set_up(load_catalog(flow_specs_dir()), admin, store)
     if not _external_url():
         _embedded().apply_auth_rules()  # password logins for members of PASSWORD_LOGIN
@@ -192,16 +192,17 @@ def _db_roles(args: argparse.Namespace) -> int:
         print(f"  {table}")
     if setup.rotation:
         print(f"first login: {setup.rotation.current}")
-    print(f"the current login is in {store.path} (mode 600); captures connect with it")
+    where = getattr(store, "path", None) or f"ESC {getattr(store, 'reference', '')}"
+    print(f"the current login is in {where}; captures connect with it")
     return 0
 
 
 def _db_rotate(args: argparse.Namespace) -> int:
     from resources.postgres_server import postgres_url
     from sophia_assets.secrets.postgres_roles import rotate
-    from sophia_assets.secrets.store import FileSecretStore
+    from sophia_assets.secrets.store import configured_store
 
-    rotation = rotate(postgres_url(), FileSecretStore())
+    rotation = rotate(postgres_url(), configured_store())
     print(f"current login: {rotation.current} (previous: {rotation.previous or 'none'})")
     return 0
 

@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 from resources.embedder import EmbedderResource
+from resources.esc import EscResource
 from resources.flow_runtime import FlowRuntimeResource
 from resources.gpu_runner import API_KEY_ENV, configured_runner
 from resources.image_builder import ImageBuilderResource
@@ -134,7 +135,11 @@ workflows = load_workflows(
     images=[image.name for image in images], stacks=[stack.name for stack in STACKS]
 )
 
-postgres = PostgresResource()
+# With SOPHIA_ESC_ENVIRONMENT set, each run step opens that Pulumi ESC environment first and
+# takes its environmentVariables (the production URL and keys) before anything connects.
+postgres = PostgresResource(
+    esc=EscResource.from_environment() if os.environ.get("SOPHIA_ESC_ENVIRONMENT") else None
+)
 defs = dg.Definitions(
     assets=[
         *captures,

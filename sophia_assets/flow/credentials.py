@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sophia_assets.secrets.postgres_roles import SECRET, with_login
-from sophia_assets.secrets.store import FileSecretStore, SecretStore
+from sophia_assets.secrets.store import SecretStore, configured_store
 
 
 class SourceLogin(Protocol):
@@ -60,5 +60,5 @@ class RotatedLogin:
 
 def source_login(url: str, store: SecretStore | None = None) -> SourceLogin:
     """The rotated capture login when `sophia db roles` set one up, else the URL as it is."""
-    store = store or FileSecretStore()
+    store = store or configured_store()
     return RotatedLogin(store, url) if store.read(SECRET) else FixedLogin(url)

@@ -1,6 +1,7 @@
 """Where managed secrets live. Locally a JSON file under SOPHIA_HOME, readable by its owner
-only (0600), replaced atomically; in production Pulumi ESC (resources/esc.py). A secret is a
-small document, e.g. `{"current": {...}, "previous": {...}}`; nothing here ever logs one."""
+only (0600), replaced atomically; in production a Pulumi ESC environment, under
+`values.sophia.secrets`, with every password published as `fn::secret`. A secret is a small
+document, e.g. `{"current": {...}, "previous": {...}}`; nothing here ever logs one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sophia_assets.home import sophia_home
 
@@ -68,3 +71,56 @@ class FileSecretStore(SecretStore):
                 f"{self.path} is readable by others (mode {mode:o}); run `chmod 600 {self.path}`"
             )
         return json.loads(self.path.read_text())
+
+
+class EscSecretStore(SecretStore):
+    """Secrets in the ESC environment `org/project/env` (read by opening it, written by
+    updating its definition), so stacks and runs that import it see the new login."""
+
+    def __init__(self, reference: str, token: str | None, api_url: str | None = None):
+        self.reference, self.token, self.api_url = reference, token, api_url
+
+    def _secrets(self) -> dict[str, Any]:
+        from sophia_assets.secrets.esc import open_environment
+
+        values = open_environment(self.reference, self.token, self.api_url)
+        return (values.get("sophia") or {}).get("secrets") or {}
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        return self._secrets().get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._secrets())
+
+    def write(self, name: str, value: dict[str, Any]) -> None:
+        import pulumi_esc_sdk as esc
+
+        client = esc.EscClient(esc.Configuration(host=self.api_url, access_token=self.token))
+        org, project, env = self.reference.split("/")
+        # The raw YAML: the SDK's model of a definition rejects `fn::secret` under
+        # environmentVariables, which real environments use.
+        response = client.esc_api.get_environment_without_preload_content(org, project, env)
+        if response.status != 200:
+            raise RuntimeError(f"ESC environment {self.reference}: {response.status} on read")
+        definition = yaml.safe_load(response.data) or {}
+        secrets = definition.setdefault("values", {}).setdefault("sophia", {})
+        secrets.setdefault("secrets", {})[name] = _marked(value)
+        client.update_environment_yaml(org, project, env, yaml.safe_dump(definition))
+
+
+def _marked(value: Any) -> Any:
+    """Passwords as `fn::secret`, so ESC keeps them encrypted and masks them everywhere."""
+    if isinstance(value, dict):
+        return {k: {"fn::secret": v} if k == "password" else _marked(v) for k, v in value.items()}
+    return value
+
+
+def configured_store() -> SecretStore:
+    """ESC when SOPHIA_SECRET_STORE=esc (environment SOPHIA_ESC_ENVIRONMENT), else the file."""
+    if os.environ.get("SOPHIA_SECRET_STORE") == "esc":
+        return EscSecretStore(
+            os.environ.get("SOPHIA_ESC_ENVIRONMENT", ""),
+            os.environ.get("PULUMI_ACCESS_TOKEN"),
+            os.environ.get("SOPHIA_ESC_URL") or None,
+        )
+    return FileSecretStore()
