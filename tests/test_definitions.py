@@ -195,3 +195,14 @@ def test_broken_catalog_stops_the_location_with_every_problem(tmp_path: Path) ->
     assert result.returncode != 0
     assert "schemas/postgresql_cdc.schema.yaml" in result.stderr
     assert "does not exist; fix the path or create it" in result.stderr
+
+
+def test_rotation_runs_on_a_schedule_that_is_on_by_default() -> None:
+    from sophia_assets.definitions import defs
+
+    schedule = defs.get_schedule_def("rotate_secrets_weekly")
+    assert schedule.job_name == "rotate_secrets"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.cron_schedule == "0 4 * * 1"
+    job = defs.resolve_job_def("rotate_secrets")
+    assert job.asset_layer.executable_asset_keys == {dg.AssetKey(["secrets", "postgres_capture"])}
