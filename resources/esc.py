@@ -1,15 +1,16 @@
 """Pulumi ESC as a resource: the environment named by `environment` (SOPHIA_ESC_ENVIRONMENT,
-`org/project/env`) is opened once when a run's step starts, and its `environmentVariables`
-are put in that process's environment, where the other resources read their secrets
-(SOPHIA_POSTGRES_URL, SOPHIA_PINECONE_API_KEY, SOPHIA_LAMBDA_API_KEY, ...). Nothing from it is
-logged: the log says how many variables were set, not which values."""
+`org/project/env`) is opened once per run process, and its `environmentVariables` are put in
+that process's environment, where the other resources read their secrets
+(SOPHIA_POSTGRES_URL, SOPHIA_PINECONE_API_KEY, SOPHIA_LAMBDA_API_KEY, ...). The Postgres
+resource opens it too before it connects, so every data-path step has it even without asking
+for this resource. Nothing from it is logged: the log says how many variables, not values."""
 
 import os
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from sophia_assets.secrets.esc import exported_variables, open_environment
+from sophia_assets.secrets.esc import exported_variables, load_esc_environment
 
 
 class EscResource(dg.ConfigurableResource):
@@ -26,16 +27,13 @@ class EscResource(dg.ConfigurableResource):
         )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if not self.environment or self._values is not None:
+        if not self.environment:
             return
-        self._values = open_environment(
-            self.environment, os.environ.get(self.token_env), self.api_url
-        )
-        variables = exported_variables(self._values)
-        os.environ.update(variables)
+        self._values = load_esc_environment(self.environment, self.api_url, self.token_env)
         if context.log:
-            context.log.info(f"ESC {self.environment}: {len(variables)} variables set for this run")
+            count = len(exported_variables(self._values))
+            context.log.info(f"ESC {self.environment}: {count} variables set for this run")
 
     def values(self) -> dict:
-        """The environment's resolved values (opened when the step started)."""
+        """The environment's resolved values."""
         return dict(self._values or {})

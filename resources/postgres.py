@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.esc import EscResource
 from resources.postgres_server import POSTGRES_URL_ENV, EmbeddedPostgres
 
 
@@ -26,10 +25,13 @@ class PostgresResource(dg.ConfigurableResource):
         default=None,
         description="Local state folder of the embedded server; defaults to SOPHIA_HOME.",
     )
-    # Opened before anything connects: a production URL may come from Pulumi ESC.
-    esc: EscResource | None = None
 
     def url(self) -> str:
+        # A production URL may come from Pulumi ESC (SOPHIA_ESC_ENVIRONMENT): opened once per
+        # process, before anything connects.
+        from sophia_assets.secrets.esc import load_esc_environment
+
+        load_esc_environment()
         external = os.environ.get(self.url_env)
         if external:
             return external

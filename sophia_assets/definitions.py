@@ -135,11 +135,7 @@ workflows = load_workflows(
     images=[image.name for image in images], stacks=[stack.name for stack in STACKS]
 )
 
-# With SOPHIA_ESC_ENVIRONMENT set, each run step opens that Pulumi ESC environment first and
-# takes its environmentVariables (the production URL and keys) before anything connects.
-postgres = PostgresResource(
-    esc=EscResource.from_environment() if os.environ.get("SOPHIA_ESC_ENVIRONMENT") else None
-)
+postgres = PostgresResource()
 defs = dg.Definitions(
     assets=[
         *captures,
@@ -212,6 +208,9 @@ defs = dg.Definitions(
         "image_builder": ImageBuilderResource.from_environment(),
         "secret_store": SecretStoreResource(),
         "pulumi_stacks": PulumiStacksResource(),
+        # With SOPHIA_ESC_ENVIRONMENT set, a run opens that Pulumi ESC environment once and
+        # takes its environmentVariables (the production URL and keys).
+        "esc": EscResource.from_environment(),
         "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
     },
 )

@@ -34,7 +34,15 @@ def _stop_embedded_servers() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's own server, Dagster home or catalog override."""
-    for name in (POSTGRES_URL_ENV, "DAGSTER_HOME", "SOPHIA_FLOW_SPECS"):
+    for name in (
+        POSTGRES_URL_ENV,
+        "DAGSTER_HOME",
+        "SOPHIA_FLOW_SPECS",
+        "SOPHIA_LAMBDA_API_KEY",
+        "SOPHIA_PINECONE_HOST",
+        "SOPHIA_ESC_ENVIRONMENT",
+        "SOPHIA_SECRET_STORE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SOPHIA_HOME", str(tmp_path / "sophia-home"))
 

@@ -4,6 +4,7 @@ the other resources through the environment, and nothing of it in the logs."""
 
 from __future__ import annotations
 
+import copy
 import os
 
 import dagster as dg
@@ -12,6 +13,7 @@ import pytest
 from resources.esc import EscResource
 from resources.postgres import PostgresResource
 from sophia_assets.contracts.esc import TOKEN, EscLoopback
+from sophia_assets.secrets import esc as esc_module
 from sophia_assets.secrets.esc import EscError, open_environment
 
 ENVIRONMENTS = {
@@ -29,8 +31,10 @@ ENVIRONMENTS = {
 def esc(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PULUMI_ACCESS_TOKEN", TOKEN)
     for name in ("SOPHIA_LAMBDA_API_KEY", "SOPHIA_PINECONE_HOST"):
-        monkeypatch.delenv(name, raising=False)
-    with EscLoopback(ENVIRONMENTS) as server:
+        monkeypatch.setenv(name, "")  # recorded, so what ESC sets is undone after the test
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(esc_module, "_loaded", {})  # a fresh process, as far as ESC knows
+    with EscLoopback(copy.deepcopy(ENVIRONMENTS)) as server:
         yield server
 
 
@@ -56,37 +60,50 @@ def test_errors_name_the_fix_and_never_the_token(esc) -> None:
         open_environment("production", TOKEN, esc.url)
 
 
-def test_resource_opens_once_per_run_and_hands_values_to_other_resources(esc) -> None:
+def test_opened_once_per_run_and_handed_to_the_other_resources(esc, monkeypatch) -> None:
+    monkeypatch.setenv("SOPHIA_ESC_ENVIRONMENT", "acme/sophia/production")
+    monkeypatch.setenv("SOPHIA_ESC_URL", esc.url)
+    monkeypatch.setenv("SOPHIA_TEST_PG", "postgresql://app@db.internal/sophia")
     seen = {}
 
     @dg.asset
     def first(postgres: PostgresResource) -> None:
+        postgres.url()  # what every data-path step does before it connects
         seen["first"] = os.environ.get("SOPHIA_LAMBDA_API_KEY")
 
     @dg.asset(deps=[first])
-    def second(postgres: PostgresResource) -> None:
+    def second(postgres: PostgresResource, esc: EscResource) -> None:
+        postgres.url()
         seen["second"] = os.environ.get("SOPHIA_PINECONE_HOST")
+        seen["values"] = sorted(esc.values())
 
-    resource = EscResource(environment="acme/sophia/production", api_url=esc.url)
+    resources = {
+        "postgres": PostgresResource(url_env="SOPHIA_TEST_PG"),
+        "esc": EscResource.from_environment(),
+    }
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [first, second],
-            instance=instance,
-            resources={"postgres": PostgresResource(esc=resource)},
-        )
+        result = dg.materialize([first, second], instance=instance, resources=resources)
         logs = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
-    assert seen == {"first": "lambda-key-from-esc", "second": "idx.example.internal"}
-    assert esc.opens == 1  # one open session for the run (its steps share the process)
+    assert seen == {
+        "first": "lambda-key-from-esc",
+        "second": "idx.example.internal",
+        "values": ["environmentVariables", "pulumiConfig"],
+    }
+    assert esc.opens == 1  # one open session for the run
     assert "ESC acme/sophia/production: 2 variables set for this run" in logs
     assert "lambda-key-from-esc" not in logs
 
 
-def test_unconfigured_resource_opens_nothing(esc) -> None:
-    @dg.asset
-    def plain(postgres: PostgresResource) -> None:
-        pass
+def test_unconfigured_opens_nothing(esc, monkeypatch) -> None:
+    monkeypatch.delenv("SOPHIA_ESC_ENVIRONMENT", raising=False)
+    monkeypatch.setenv("SOPHIA_TEST_PG", "postgresql://app@db.internal/sophia")
 
-    dg.materialize([plain], resources={"postgres": PostgresResource(esc=EscResource())})
+    @dg.asset
+    def plain(postgres: PostgresResource, esc: EscResource) -> None:
+        postgres.url()
+
+    resources = {"postgres": PostgresResource(url_env="SOPHIA_TEST_PG"), "esc": EscResource()}
+    dg.materialize([plain], resources=resources)
     assert esc.calls == []
 
 

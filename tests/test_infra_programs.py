@@ -3,6 +3,7 @@ their properties, and that no secret from the stack config appears anywhere in p
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pulumi
@@ -32,6 +33,8 @@ class Recorder(Mocks):
 
 def _run(program, config: dict[str, str], secrets: dict[str, str]) -> tuple[Recorder, dict]:
     recorder = Recorder()
+    # Pulumi's runtime wants a current event loop; an earlier test may have closed it.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(recorder, project="sophia", stack="test", preview=False)
     pulumi.runtime.set_all_config(
         {f"sophia:{k}": v for k, v in {**config, **secrets}.items()},

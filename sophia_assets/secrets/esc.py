@@ -4,9 +4,13 @@ as `esc run` does, so every resource that reads its secret from the environment 
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 ENVIRONMENT_VARIABLES = "environmentVariables"
+_loaded: dict[str, dict] = {}  # reference -> values, once per process
+_lock = threading.Lock()
 
 
 class EscError(RuntimeError):
@@ -35,3 +39,21 @@ def open_environment(reference: str, token: str | None, api_url: str | None = No
 
 def exported_variables(values: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in (values.get(ENVIRONMENT_VARIABLES) or {}).items()}
+
+
+def load_esc_environment(
+    reference: str | None = None, api_url: str | None = None, token_env: str = "PULUMI_ACCESS_TOKEN"
+) -> dict:
+    """Opens the ESC environment (default SOPHIA_ESC_ENVIRONMENT) once per process and puts its
+    `environmentVariables` into this process's environment; {} when none is configured."""
+    reference = reference if reference is not None else os.environ.get("SOPHIA_ESC_ENVIRONMENT")
+    if not reference:
+        return {}
+    with _lock:
+        if reference not in _loaded:
+            values = open_environment(
+                reference, os.environ.get(token_env), api_url or os.environ.get("SOPHIA_ESC_URL")
+            )
+            os.environ.update(exported_variables(values))
+            _loaded[reference] = values
+        return _loaded[reference]
