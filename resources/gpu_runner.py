@@ -145,6 +145,10 @@ class LambdaGpuRunner(GpuRunner):
                     raise dg.Failure(str(err)) from err
                 context.log.warning(f"{err}; falling back to the local runner")
                 rented = None
+            except BaseException:
+                if rented.figures.instance_id:  # launched, then given up and terminated
+                    _report_costs(context, rented.figures.metadata())
+                raise
             if rented is None:
                 yield EntrypointEmbedder(card, local_invoke(context), self.device, self.batch_size)
                 return

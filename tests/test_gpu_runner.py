@@ -216,8 +216,10 @@ def test_an_instance_never_active_is_terminated_at_the_timeout(sshd, monkeypatch
         runner = LambdaGpuRunner.from_environment()
         with dg.instance_for_test() as instance:
             result = _probe(instance, runner, raise_on_error=False)
+            tags = instance.get_run_by_id(result.run_id).tags
         assert "still booting after 1 s; giving it up" in _failure(result)
         assert server.live() == []
+        assert tags["sophia/lambda_instance_type"] == "gpu_1x_a10"  # what it cost is reported
     assert server.violations == []
 
 
