@@ -380,3 +380,33 @@ def test_rebuild_on_change_requests_one_build_when_the_code_changes(
             defs=changed, instance=instance, cursor=second.cursor
         )
         assert third.total_requested == 0  # requested once, not on every tick
+
+
+def test_the_image_context_holds_everything_the_code_location_loads(tmp_path: Path) -> None:
+    """The code location, loaded from a copy of exactly the image's files, works: the image
+    is not missing a file the definitions read (deploy/images.yaml, the Dockerfile, infra/)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    [image] = [i for i in load_images() if i.name == "code-location"]
+    root = tmp_path / "app"
+    for relative in image.build_context.files():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / relative, root / relative)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sophia_assets.definitions as d, sophia_assets.home as h;"
+            "print(h.PROJECT_ROOT); d.defs.resolve_asset_graph()",
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(root)  # the copy was loaded, not the checkout
