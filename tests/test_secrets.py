@@ -216,3 +216,29 @@ def test_db_roles_command_sets_up_once(source: str, tmp_path: Path) -> None:
     assert "current login: sophia_capture_b (previous: sophia_capture_a)" in rotated.stdout
     stored = FileSecretStore(tmp_path / "home" / "secrets.json").read(SECRET)
     assert stored["current"]["password"] not in first.stdout + again.stdout + rotated.stdout
+
+
+def test_rotation_never_sends_the_password_to_the_server(
+    source: str, catalog, store, shared_home: Path
+) -> None:
+    from resources.postgres_server import EmbeddedPostgres
+
+    def admin(statement: str) -> None:  # ALTER SYSTEM cannot run in a transaction
+        conn = psycopg2.connect(source)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+        conn.close()
+
+    set_up(catalog, source, store)
+    admin("ALTER SYSTEM SET log_statement = 'all'")
+    admin("SELECT pg_reload_conf()")
+    try:
+        _wait_for(lambda: sql(source, "SHOW log_statement")[0][0] == "all")
+        rotate(source, store)
+    finally:
+        admin("ALTER SYSTEM RESET log_statement")
+        admin("SELECT pg_reload_conf()")
+    log = EmbeddedPostgres(shared_home).log.read_text(errors="replace")
+    assert "ALTER ROLE" in log and "SCRAM-SHA-256$4096:" in log  # the statement, with a verifier
+    assert store.read(SECRET)["current"]["password"] not in log

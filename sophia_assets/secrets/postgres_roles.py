@@ -9,6 +9,10 @@ keeps working until the next rotation changes that role's password.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -96,9 +100,11 @@ def rotate(admin_url: str, store: SecretStore, now: float | None = None) -> Rota
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (target,))
             if cur.fetchone() is None:
                 raise RotationError(f"role {target} does not exist; run `sophia db roles` first")
+            # The server gets a SCRAM verifier, never the password: a failed statement is
+            # logged with its text, and that must not hold a credential.
             cur.execute(
                 sql.SQL("ALTER ROLE {} WITH PASSWORD %s").format(sql.Identifier(target)),
-                (password,),
+                (scram_verifier(password),),
             )
     finally:
         conn.close()
@@ -113,6 +119,17 @@ def rotate(admin_url: str, store: SecretStore, now: float | None = None) -> Rota
         },
     )
     return Rotation(target, current, rotated_at)
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677)."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def _verify_login(admin_url: str, user: str, password: str) -> None:
