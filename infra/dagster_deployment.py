@@ -5,29 +5,17 @@ images/code-location built, pinned by digest); the platform's secrets (Postgres 
 and Lambda keys) go into the Secret `sophia-platform` from the stack's secret config (ESC),
 and Dagster's own Postgres password into `dagster-postgresql-secret`."""
 
-from pathlib import Path
-
 import pulumi
 import pulumi_kubernetes as k8s
-import yaml
 
-VALUES = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "values.yaml"
+from sophia_assets.images.helm_values import chart_values
+
 PLATFORM_SECRETS = {
     "SOPHIA_POSTGRES_URL": "postgresUrl",
     "SOPHIA_PINECONE_API_KEY": "pineconeApiKey",
     "SOPHIA_PINECONE_HOST": "pineconeHost",
     "SOPHIA_LAMBDA_API_KEY": "lambdaApiKey",
 }
-
-
-def chart_values(image: str) -> dict:
-    """deploy/helm/values.yaml with `repository:tag@digest` split into the chart's fields."""
-    values = yaml.safe_load(VALUES.read_text())
-    name, _, digest = image.partition("@")
-    repository, _, tag = name.rpartition(":")
-    for deployment in values["dagster-user-deployments"]["deployments"]:
-        deployment["image"].update(repository=repository, tag=f"{tag}@{digest}" if digest else tag)
-    return values
 
 
 def program() -> None:

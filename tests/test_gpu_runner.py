@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 from cdc import catalog_copy, load, runner, sql
-from conftest import REPO, SOURCE_URL_ENV
+from conftest import REPO, SOURCE_URL_ENV, step_failure
 from gpu_probe import OUTPUT_ENV, TEXTS, gpu_probe
 from sshd import LoopbackSshd, SshdUnavailable
 
@@ -74,15 +74,6 @@ def _probe(instance, runner, **kwargs):
     return dg.materialize(
         [gpu_probe], instance=instance, resources={"gpu_runner": runner}, **kwargs
     )
-
-
-def _failure(result) -> str:
-    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    error, messages = event.step_failure_data.error, []
-    while error is not None:
-        messages.append(error.message)
-        error = error.cause
-    return "\n".join(messages)
 
 
 def _logs(instance, run_id: str) -> str:
@@ -172,7 +163,7 @@ def test_a_failure_in_the_run_terminates_the_instance(lambda_api, monkeypatch) -
     with dg.instance_for_test() as instance:
         result = _probe(instance, LambdaGpuRunner.from_environment(), raise_on_error=False)
     assert not result.success
-    message = _failure(result)
+    message = step_failure(result)
     assert "entrypoint on" in message and "exited with 1" in message
     assert "cuda" in message.lower()
     assert len(lambda_api.fleet) == 1 and lambda_api.live() == []
@@ -206,7 +197,7 @@ def test_an_ssh_drop_fails_the_run_and_terminates_the_instance(lambda_api, sshd)
         worker.join(timeout=180)
     result = outcome["result"]
     assert not result.success
-    assert "dropped while the entrypoint ran" in _failure(result)
+    assert "dropped while the entrypoint ran" in step_failure(result)
     assert lambda_api.live() == []
 
 
@@ -217,7 +208,7 @@ def test_an_instance_never_active_is_terminated_at_the_timeout(sshd, monkeypatch
         with dg.instance_for_test() as instance:
             result = _probe(instance, runner, raise_on_error=False)
             tags = instance.get_run_by_id(result.run_id).tags
-        assert "still booting after 1 s; giving it up" in _failure(result)
+        assert "still booting after 1 s; giving it up" in step_failure(result)
         assert server.live() == []
         assert tags["sophia/lambda_instance_type"] == "gpu_1x_a10"  # what it cost is reported
     assert server.violations == []
@@ -229,7 +220,7 @@ def test_no_capacity_fails_with_what_was_tried_or_falls_back_to_local(sshd, monk
         failed = _probe(instance, LambdaGpuRunner.from_environment(), raise_on_error=False)
         assert (
             "no Lambda Cloud capacity; tried gpu_1x_a10@us-east-1: no capacity listed; "
-            "gpu_1x_a100@us-west-1: no capacity listed" in _failure(failed)
+            "gpu_1x_a100@us-west-1: no capacity listed" in step_failure(failed)
         )
         monkeypatch.setenv("SOPHIA_LAMBDA_FALLBACK_LOCAL", "true")
         fallback = _probe(instance, LambdaGpuRunner.from_environment())

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, step_failure
 
 from resources.image_builder import ImageBuilderResource
 from sophia_assets.assets.deploy import helm_values_asset
@@ -184,16 +184,6 @@ def _materialize(assets, instance, builder=BUILDER, **kwargs):
     return dg.materialize(assets, instance=instance, resources={"image_builder": builder}, **kwargs)
 
 
-def _failure(result) -> str:
-    [event] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    error = event.step_failure_data.error
-    messages = []
-    while error is not None:
-        messages.append(error.message)
-        error = error.cause
-    return "\n".join(messages)
-
-
 def test_build_runs_buildx_with_the_cloud_flags_and_reports_the_result(
     project: Path, docker_stub: Path
 ) -> None:
@@ -233,7 +223,7 @@ def test_a_failed_build_fails_the_asset_with_the_log_tail(
     with dg.instance_for_test() as instance:
         result = _materialize([image_asset(_image(project))], instance, raise_on_error=False)
         assert not result.success
-        message = _failure(result)
+        message = step_failure(result)
         assert reason in message
         assert "STUB-LOG-MARKER" in message  # the tail of the log comes with it
         assert "RUN step 2\n" not in message  # only the tail
@@ -250,7 +240,7 @@ def test_no_builder_fails_with_the_commands_that_set_one_up(
             builder=ImageBuilderResource(registry="acme"),
             raise_on_error=False,
         )
-    message = _failure(result)
+    message = step_failure(result)
     assert "SOPHIA_BUILDX_BUILDER not set" in message
     assert "docker buildx create --driver cloud ORG/NAME" in message
     assert not docker_stub.exists()  # docker never ran
@@ -300,7 +290,7 @@ def test_helm_values_pin_the_last_built_image(
     values = helm_values_asset(image.asset_key)
     with dg.instance_for_test() as instance:
         unbuilt = _materialize([values], instance, raise_on_error=False)
-        assert "has never been built; materialize it first" in _failure(unbuilt)
+        assert "images/app has never been built; materialize it before" in step_failure(unbuilt)
 
         _materialize([image_asset(image)], instance)
         rendered = _materialize([values], instance)

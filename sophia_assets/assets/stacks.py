@@ -4,9 +4,12 @@ Materializing runs `up` through the Automation API, streams Pulumi's output into
 reports the outputs (secrets masked), resource counts and the change summary. A rebuilt image
 (a new digest, its data version) marks the stacks that deploy it stale."""
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from resources.pulumi_stacks import StackRunnerResource
+from sophia_assets.images.built import built_image
 from sophia_assets.stacks.automation import PulumiMissing
 from sophia_assets.stacks.catalog import StackSpec
 
@@ -15,17 +18,12 @@ def stack_config(instance: dg.DagsterInstance, stack: StackSpec) -> dict[str, st
     """The stack config the platform supplies: the reference of the image it deploys."""
     if stack.image_config is None:
         return {}
-    event = instance.get_latest_materialization_event(stack.image)
-    entry = event.asset_materialization.metadata.get("image") if event else None
-    if entry is None:
-        raise dg.Failure(
-            f"{stack.image.to_user_string()} has never been built; materialize it before "
-            f"{stack.asset_key.to_user_string()}"
-        )
-    return {stack.image_config: entry.value}
+    return {
+        stack.image_config: built_image(instance, stack.image, stack.asset_key.to_user_string())
+    }
 
 
-def log_lines(context) -> callable:
+def log_lines(context) -> Callable[[str], None]:
     def forward(text: str) -> None:
         for line in text.splitlines():
             if line.strip():

@@ -4,6 +4,7 @@ SSH, both through Dagster Pipes) and reads the vectors back."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import tempfile
 import time
@@ -102,7 +103,7 @@ def remote_invoke(
 ) -> Invoke:
     """The entrypoint on a rented machine over SSH: batch in, Pipes run, vectors out."""
     client = PipesSshClient(target, on_line=on_line)
-    calls = iter(range(1, 1_000_000))
+    calls = itertools.count(1)
 
     def invoke(batch: bytes, extras: dict) -> tuple[bytes, dict]:
         n = next(calls)
