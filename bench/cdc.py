@@ -1,12 +1,252 @@
-"""Capture throughput against `pg_recvlogical` (the floor) and latency at a steady rate.
-The same as `sophia bench cdc`; see sophia_assets/bench/cdc.py.
+"""`uv run python -m bench.cdc`: the capture against the protocol floor, in one run.
 
-    uv run python bench/cdc.py [--rows 100000] [--rate 1000] [--seconds 10] [--json]
+- floor: `pg_recvlogical` decoding the same changes (pgoutput, same publication) to /dev/null;
+- ours: a drain of the same changes into durable journals (documents, reduced view and
+  checkpoint committed together);
+- latency: source commit -> journal commit at a steady rate of single-row transactions, with
+  `serve` running.
+
+Everything runs in a scratch database on the platform's Postgres, dropped afterwards.
 """
 
-import sys
+from __future__ import annotations
 
-from sophia_assets.cli import main
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import psycopg2
+
+from bench.scratch import scratch_capture, scratch_database
+from sophia_assets.catalog import Catalog
+from sophia_assets.flow.capture import CaptureRunner
+from sophia_assets.flow.latency import latency_figures
+
+BENCH_TABLE_DDL = """
+CREATE TABLE public.documents (
+    id bigint PRIMARY KEY, title text NOT NULL, body text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now())
+"""
+RATE_WRITER = """
+import sys, time, psycopg2
+url, rate, seconds, first = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+conn = psycopg2.connect(url); conn.autocommit = True; cur = conn.cursor()
+start = time.monotonic()
+for i in range(int(rate * seconds)):
+    delay = start + i / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    cur.execute("INSERT INTO documents (id, title, body) VALUES (%s, 'steady', 'one row')",
+                (first + i,))
+print(time.monotonic() - start)
+"""
+
+
+@dataclass
+class CdcFigures:
+    rows: int
+    floor_seconds: float
+    journal_seconds: float
+    rate: float
+    latency_documents: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+
+    @property
+    def floor_rows_per_s(self) -> float:
+        return self.rows / self.floor_seconds
+
+    @property
+    def journal_rows_per_s(self) -> float:
+        return self.rows / self.journal_seconds
+
+    def as_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "floor_rows_per_s": round(self.floor_rows_per_s),
+            "journal_rows_per_s": round(self.journal_rows_per_s),
+            "ratio": round(self.journal_rows_per_s / self.floor_rows_per_s, 3),
+            "latency_rate_tx_per_s": self.rate,
+            "latency_documents": self.latency_documents,
+            "latency_p50_ms": round(self.latency_p50_ms, 3),
+            "latency_p99_ms": round(self.latency_p99_ms, 3),
+            "latency_max_ms": round(self.latency_max_ms, 3),
+        }
+
+
+def run_cdc_bench(
+    platform_url: str, catalog: Catalog, rows: int, rate: float, seconds: float, say=print
+) -> CdcFigures:
+    capture, catalog = scratch_capture(catalog)
+    publication = capture.connector.config["advanced"]["publicationName"]
+    floor_slot = f"floor_{uuid.uuid4().hex[:8]}"
+    with scratch_database(platform_url, "cdc") as url:
+        _sql(url, BENCH_TABLE_DDL)
+
+        def new_runner() -> CaptureRunner:
+            return CaptureRunner(capture, catalog, url, url)
+
+        runner = new_runner()
+        runner.drain()  # slot, publication, empty backfill: set-up is not measured
+        _sql(url, f"SELECT pg_create_logical_replication_slot('{floor_slot}', 'pgoutput')")
+
+        say(f"writing {rows} rows in transactions of 10,000...")
+        for first in range(0, rows, 10_000):
+            _sql(
+                url,
+                "INSERT INTO documents (id, title, body) SELECT g, 'bulk ' || g, "
+                "repeat('lorem ipsum ', 10) || g FROM generate_series(%s, %s) g",
+                (first + 1, min(rows, first + 10_000)),
+            )
+        end_lsn = _sql(url, "SELECT pg_current_wal_lsn()::text")[0][0]
+
+        floor = _time(lambda: _recvlogical(url, floor_slot, publication, end_lsn))
+        say(f"floor: pg_recvlogical decoded {rows} rows in {floor:.2f} s")
+        journal_s = _time(runner.drain)
+        say(f"ours: {rows} rows into durable journals in {journal_s:.2f} s")
+
+        # Steady state: the bulk phase's vacuum and checkpoint are not the latency phase's.
+        _settle(url)
+        latency = _steady_latency(new_runner, url, rate, seconds, first_id=rows + 1, say=say)
+    return CdcFigures(
+        rows,
+        floor,
+        journal_s,
+        rate,
+        latency.documents,
+        latency.p50_ms or 0.0,
+        latency.p99_ms or 0.0,
+        latency.max_ms or 0.0,
+    )
+
+
+def _steady_latency(new_runner, url: str, rate: float, seconds: float, first_id: int, say):
+    runner = new_runner()
+    stop = threading.Event()
+    serving = threading.Thread(target=runner.serve, args=(stop,), daemon=True)
+    serving.start()
+    if not runner.streaming.wait(timeout=60):  # start-up is not measured
+        raise RuntimeError("the capture did not start streaming within 60 s")
+    new_runner().drain()  # waits until serve has decoded past the set-up's WAL
+    offsets_before = _sql(url, 'SELECT coalesce(max("offset"), -1) FROM flow.journal')[0][0]
+    say(f"latency: {rate:.0f} single-row transactions/s for {seconds:.0f} s with serve running")
+    subprocess.run(
+        [sys.executable, "-c", RATE_WRITER, url, str(rate), str(seconds), str(first_id)],
+        check=True,
+        capture_output=True,
+    )
+    new_runner().drain()  # another runner of the capture: waits until serve has it all
+    stop.set()
+    serving.join(timeout=60)
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute('SELECT max("offset") FROM flow.journal')
+            last = cur.fetchone()[0]
+            collection = runner.bindings[0].collection.name
+            return latency_figures(cur, collection, offsets=(offsets_before + 1, last))
+    finally:
+        conn.close()
+
+
+def _settle(url: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM (ANALYZE) flow.journal, flow.reduced, public.documents")
+        cur.execute("CHECKPOINT")
+    conn.close()
+
+
+def _recvlogical(url: str, slot: str, publication: str, end_lsn: str) -> None:
+    from sophia_assets.postgres.embedded_server import _binary
+
+    subprocess.run(
+        [
+            str(_binary("pg_recvlogical")),
+            "-d",
+            url,
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+            "-o",
+            "proto_version=1",
+            "-o",
+            f"publication_names={publication}",
+            "--endpos",
+            end_lsn,
+            "-f",
+            os.devnull,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _time(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _sql(url: str, statement: str, params: tuple | None = None) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def print_figures(figures: CdcFigures, as_json: bool) -> None:
+    data = figures.as_dict()
+    print(f"pg_recvlogical to /dev/null (floor): {data['floor_rows_per_s']:>9,} rows/s")
+    print(f"capture into durable journals:       {data['journal_rows_per_s']:>9,} rows/s")
+    print(f"ratio (ours / floor):                {data['ratio']:>9.3f}")
+    print(
+        f"latency at {figures.rate:.0f} tx/s over {figures.latency_documents} changes: "
+        f"p50 {data['latency_p50_ms']} ms, p99 {data['latency_p99_ms']} ms, "
+        f"max {data['latency_max_ms']} ms"
+    )
+    if as_json:
+        print(json.dumps(data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cdc", description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000, help="bulk rows (100000)")
+    parser.add_argument("--rate", type=float, default=1000, help="steady tx/s (1000)")
+    parser.add_argument("--seconds", type=float, default=10, help="steady phase length (10)")
+    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    args = parser.parse_args(argv)
+    from sophia_assets.catalog import load_catalog
+    from sophia_assets.home import flow_specs_dir
+    from sophia_assets.postgres.embedded_server import postgres_url
+
+    figures = run_cdc_bench(
+        postgres_url(),
+        load_catalog(flow_specs_dir()),
+        args.rows,
+        args.rate,
+        args.seconds,
+        say=say,
+    )
+    print_figures(figures, args.json)
+    return 0
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "cdc", *sys.argv[1:]]))
+    sys.exit(main())

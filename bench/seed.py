@@ -12,10 +12,10 @@ import time
 
 import psycopg2
 
-from resources.postgres_server import postgres_url
 from sophia_assets.demo.corpus import load_corpus
 from sophia_assets.demo.seed import seed_documents
 from sophia_assets.home import sophia_home
+from sophia_assets.postgres.embedded_server import postgres_url
 
 
 def _copy_baseline(url: str, rows: list[tuple[int, str, str]]) -> float:

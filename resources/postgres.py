@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.postgres_server import POSTGRES_URL_ENV, EmbeddedPostgres
+from sophia_assets.postgres.embedded_server import POSTGRES_URL_ENV, EmbeddedPostgres
 
 
 class PostgresResource(dg.ConfigurableResource):

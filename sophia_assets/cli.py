@@ -9,11 +9,6 @@
     sophia db rotate                       rotate the capture login (two-role scheme)
     sophia images list [--files]           images in deploy/images.yaml and context digests
     sophia images check                    hadolint and our Dockerfile rules (exit 1 on errors)
-    sophia bench cdc [--json]              capture throughput and latency vs the floor
-    sophia bench embed [--json]            embedding pipeline vs raw SentenceTransformer
-    sophia bench search [--json]           search latency vs its parts
-    sophia bench sensors [--json]          one sensor tick against a large backlog
-    sophia bench gpu [--json]              the embedding entrypoint vs in-process, on this device
     sophia search TEXT [--top-k K] [--json]
                                            nearest documents in the vector index
     sophia flow drain [--rebackfill]       capture up to now, then stop
@@ -29,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -110,39 +104,6 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="one JSON array of results")
     search.set_defaults(handler=_search)
 
-    bench = verbs.add_parser("bench", help="benchmarks against a baseline from the same run")
-    bench_verbs = bench.add_subparsers(title="benchmarks")
-    cdc = bench_verbs.add_parser("cdc", help="capture vs pg_recvlogical; latency at a rate")
-    cdc.add_argument("--rows", type=int, default=100_000, help="bulk rows (100000)")
-    cdc.add_argument("--rate", type=float, default=1000, help="steady tx/s (1000)")
-    cdc.add_argument("--seconds", type=float, default=10, help="steady phase length (10)")
-    cdc.add_argument("--json", action="store_true", help="figures as JSON on the last line")
-    cdc.set_defaults(handler=_bench_cdc)
-
-    embed = bench_verbs.add_parser("embed", help="embedding pipeline vs raw encode")
-    embed.add_argument("--rows", type=int, default=1_000, help="documents (1000)")
-    embed.add_argument("--json", action="store_true", help="figures as JSON on the last line")
-    embed.set_defaults(handler=_bench_embed)
-    search_bench = bench_verbs.add_parser("search", help="search latency vs its parts")
-    search_bench.add_argument("--documents", type=int, default=10_000, help="index size")
-    search_bench.add_argument("--queries", type=int, default=1_000, help="queries (1000)")
-    search_bench.add_argument(
-        "--json", action="store_true", help="figures as JSON on the last line"
-    )
-    search_bench.set_defaults(handler=_bench_search)
-
-    sensors = bench_verbs.add_parser("sensors", help="one sensor tick against a backlog")
-    sensors.add_argument("--executions", type=int, default=10_000, help="pending (10000)")
-    sensors.add_argument("--documents", type=int, default=100_000, help="pending (100000)")
-    sensors.add_argument("--json", action="store_true", help="figures as JSON on the last line")
-    sensors.set_defaults(handler=_bench_sensors)
-
-    gpu = bench_verbs.add_parser("gpu", help="embedding entrypoint (Pipes) vs in-process")
-    gpu.add_argument("--documents", type=int, default=1000, help="demo documents (1000)")
-    gpu.add_argument("--device", default="auto", help="auto, cpu or cuda:N (auto)")
-    gpu.add_argument("--json", action="store_true", help="figures as JSON on the last line")
-    gpu.set_defaults(handler=_bench_gpu)
-
     catalog = verbs.add_parser("catalog", help="the flow_specs catalog")
     catalog_verbs = catalog.add_subparsers(title="catalog commands")
     catalog_verbs.add_parser(
@@ -173,9 +134,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db_roles(args: argparse.Namespace) -> int:
-    from resources.postgres_server import postgres_url
     from sophia_assets.catalog import load_catalog
     from sophia_assets.home import flow_specs_dir
+    from sophia_assets.postgres.embedded_server import postgres_url
     from sophia_assets.secrets.capture_login import set_up
     from sophia_assets.secrets.postgres_roles import GROUP, PASSWORD_LOGIN, ROLES
     from sophia_assets.secrets.store import configured_store
@@ -198,7 +159,7 @@ def _db_roles(args: argparse.Namespace) -> int:
 
 
 def _db_rotate(args: argparse.Namespace) -> int:
-    from resources.postgres_server import postgres_url
+    from sophia_assets.postgres.embedded_server import postgres_url
     from sophia_assets.secrets.postgres_roles import rotate
     from sophia_assets.secrets.store import configured_store
 
@@ -248,13 +209,13 @@ def _images_check(args: argparse.Namespace) -> int:
 def _demo_seed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from resources.postgres_server import postgres_url
-    from sophia_assets.demo.corpus import load_corpus
+    from sophia_assets.demo.corpus import demo_corpus
     from sophia_assets.demo.seed import seed_documents
     from sophia_assets.home import sophia_home
+    from sophia_assets.postgres.embedded_server import postgres_url
 
     url = postgres_url()
-    corpus = _corpus(load_corpus, sophia_home())
+    corpus = demo_corpus(sophia_home())
     with tqdm(total=args.rows, unit="doc", desc="seeding", file=sys.stderr) as bar:
         report = seed_documents(url, corpus, args.rows, on_batch=bar.update)
     print(
@@ -267,13 +228,13 @@ def _demo_seed(args: argparse.Namespace) -> int:
 def _demo_load(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from resources.postgres_server import postgres_url
-    from sophia_assets.demo.corpus import load_corpus
+    from sophia_assets.demo.corpus import demo_corpus
     from sophia_assets.demo.load import apply_load
     from sophia_assets.home import sophia_home
+    from sophia_assets.postgres.embedded_server import postgres_url
 
     url = postgres_url()
-    corpus = _corpus(load_corpus, sophia_home())
+    corpus = demo_corpus(sophia_home())
     total = int(args.rate * args.seconds)
     with tqdm(total=total, unit="change", desc="load", file=sys.stderr) as bar:
         report = apply_load(
@@ -332,7 +293,7 @@ def _demo_query() -> str:
     """A question answered by a seeded document: the first sentence of document 1."""
     import psycopg2
 
-    from resources.postgres_server import postgres_url
+    from sophia_assets.postgres.embedded_server import postgres_url
 
     conn = psycopg2.connect(postgres_url())
     try:
@@ -379,25 +340,18 @@ def _failed(run_id: str) -> int:
     return 1
 
 
-def _corpus(load_corpus: Callable, home) -> list:
-    cache = home / "cache"
-    if not any(cache.glob("corpus-*.json.gz")):
-        print("building the demo corpus from installed docstrings (once)...", file=sys.stderr)
-    return load_corpus(cache)
-
-
 # -- postgres ------------------------------------------------------------------------------
 
 
 def _embedded():
-    from resources.postgres_server import EmbeddedPostgres
     from sophia_assets.home import sophia_home
+    from sophia_assets.postgres.embedded_server import EmbeddedPostgres
 
     return EmbeddedPostgres(sophia_home())
 
 
 def _external_url() -> str | None:
-    from resources.postgres_server import POSTGRES_URL_ENV
+    from sophia_assets.postgres.embedded_server import POSTGRES_URL_ENV
 
     return os.environ.get(POSTGRES_URL_ENV)
 
@@ -449,11 +403,11 @@ def _masked(url: str) -> str:
 
 
 def _flow_runners(on_batch=None):
-    from resources.postgres_server import postgres_url
     from sophia_assets.catalog import load_catalog
     from sophia_assets.flow.capture import CaptureRunner
     from sophia_assets.flow.runtime import runnable_captures, source_for
     from sophia_assets.home import flow_specs_dir
+    from sophia_assets.postgres.embedded_server import postgres_url
 
     catalog = load_catalog(flow_specs_dir())
     platform = postgres_url()
@@ -542,8 +496,8 @@ def _flow_read(args: argparse.Namespace) -> int:
     import orjson
     import psycopg2
 
-    from resources.postgres_server import postgres_url
     from sophia_assets.flow import journal
+    from sophia_assets.postgres.embedded_server import postgres_url
 
     conn = psycopg2.connect(postgres_url())
     out = sys.stdout.buffer
@@ -559,77 +513,6 @@ def _flow_read(args: argparse.Namespace) -> int:
                 out.write(orjson.dumps(document) + b"\n")
     finally:
         conn.close()
-    return 0
-
-
-# -- bench ---------------------------------------------------------------------------------
-
-
-def _bench_cdc(args: argparse.Namespace) -> int:
-    from resources.postgres_server import postgres_url
-    from sophia_assets.bench.cdc import print_figures, run_cdc_bench
-    from sophia_assets.catalog import load_catalog
-    from sophia_assets.home import flow_specs_dir
-
-    figures = run_cdc_bench(
-        postgres_url(),
-        load_catalog(flow_specs_dir()),
-        args.rows,
-        args.rate,
-        args.seconds,
-        say=lambda text: print(text, file=sys.stderr, flush=True),
-    )
-    print_figures(figures, args.json)
-    return 0
-
-
-def _bench_embed(args: argparse.Namespace) -> int:
-    from resources.postgres_server import postgres_url
-    from sophia_assets.bench.embed import print_embed_figures, run_embed_bench
-    from sophia_assets.catalog import load_catalog
-    from sophia_assets.demo.corpus import load_corpus
-    from sophia_assets.home import flow_specs_dir, sophia_home
-
-    figures = run_embed_bench(
-        postgres_url(),
-        load_catalog(flow_specs_dir()),
-        args.rows,
-        _corpus(load_corpus, sophia_home()),
-        say=_say,
-    )
-    print_embed_figures(figures, args.json)
-    return 0
-
-
-def _bench_gpu(args: argparse.Namespace) -> int:
-    from sophia_assets.bench.gpu import print_gpu_figures, run_gpu_bench
-    from sophia_assets.demo.corpus import load_corpus
-    from sophia_assets.home import sophia_home
-
-    corpus = _corpus(load_corpus, sophia_home())
-    print_gpu_figures(run_gpu_bench(corpus, args.documents, args.device, say=_say), args.json)
-    return 0
-
-
-def _bench_search(args: argparse.Namespace) -> int:
-    from resources.postgres_server import postgres_url
-    from sophia_assets.bench.search import print_search_figures, run_search_bench
-    from sophia_assets.demo.corpus import load_corpus
-    from sophia_assets.home import sophia_home
-
-    figures = run_search_bench(
-        postgres_url(), _corpus(load_corpus, sophia_home()), args.documents, args.queries, say=_say
-    )
-    print_search_figures(figures, args.json)
-    return 0
-
-
-def _bench_sensors(args: argparse.Namespace) -> int:
-    from resources.postgres_server import postgres_url
-    from sophia_assets.bench.sensors import print_sensor_figures, run_sensor_bench
-
-    figures = run_sensor_bench(postgres_url(), args.executions, args.documents, say=_say)
-    print_sensor_figures(figures, args.json)
     return 0
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from cdc import COLLECTION, catalog_copy, load, sql
-from conftest import SOURCE_URL_ENV, run_sophia
 
 from resources.flow_runtime import FlowRuntimeResource
 from resources.postgres import PostgresResource
@@ -16,6 +14,9 @@ from sophia_assets.assets.cdc import capture_asset
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
 from sophia_assets.flow import journal
+from tests.support.cdc import COLLECTION, catalog_copy, load, sql
+from tests.support.postgres import SOURCE_URL_ENV
+from tests.support.processes import run_sophia
 
 CDC_KEY = dg.AssetKey(["sophia", "postgresql_cdc"])
 
@@ -103,29 +104,3 @@ def test_flow_read_prints_journal_and_reduced_view(source: str, tmp_path: Path) 
     assert [json.loads(line)["id"] for line in since.splitlines()] == [1]
     reduced = run_sophia("flow", "read", COLLECTION, "--reduced", env=env).stdout
     assert [json.loads(line)["id"] for line in reduced.splitlines()] == [2]
-
-
-def test_bench_cdc_prints_its_figures_as_json(postgres_url: str) -> None:
-    """The benchmark runs end to end on a small load (its figures are not asserted: timings
-    are never test assertions here)."""
-    result = run_sophia(
-        "bench",
-        "cdc",
-        "--rows",
-        "3000",
-        "--rate",
-        "200",
-        "--seconds",
-        "1",
-        "--json",
-        env={"SOPHIA_POSTGRES_URL": postgres_url.rsplit("/", 1)[0] + "/postgres"},
-    )
-    figures = json.loads(result.stdout.splitlines()[-1])
-    assert {
-        "floor_rows_per_s",
-        "journal_rows_per_s",
-        "ratio",
-        "latency_p50_ms",
-        "latency_p99_ms",
-    } <= set(figures)
-    assert figures["rows"] == 3000 and figures["latency_documents"] == 200

@@ -8,7 +8,8 @@ import string
 from pathlib import Path
 
 import pytest
-from cdc import (
+
+from tests.support.cdc import (
     COLLECTION,
     catalog_copy,
     duplicated_changes,

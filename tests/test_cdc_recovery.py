@@ -13,7 +13,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from cdc import (
+
+from sophia_assets.flow.source import SourceError
+from tests.support.cdc import (
     COLLECTION,
     DOCUMENTS_DDL,
     catalog_copy,
@@ -26,9 +28,7 @@ from cdc import (
     source_state,
     sql,
 )
-from conftest import embedded
-
-from sophia_assets.flow.source import SourceError
+from tests.support.postgres import embedded
 
 
 class Workload(threading.Thread):

@@ -10,11 +10,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import REPO, run_python
 
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.home import FLOW_SPECS_DIR
+from tests.support.paths import REPO
+from tests.support.processes import run_python
 
 SOURCE = dg.AssetKey(["postgres", "public", "documents"])
 CDC = dg.AssetKey(["sophia", "postgresql_cdc"])

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from conftest import run_sophia
 
 from sophia_assets.demo.corpus import load_corpus
 from sophia_assets.demo.load import apply_load
 from sophia_assets.demo.seed import seed_documents
+from tests.support.processes import run_sophia
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,7 @@ def test_load_applies_inserts_updates_and_deletes(clean_documents: str, corpus) 
 @pytest.fixture
 def cli_home(tmp_path: Path, corpus, shared_home: Path) -> Path:
     """A fresh SOPHIA_HOME that already holds the corpus cache (building it takes seconds)."""
-    from conftest import embedded
+    from tests.support.postgres import embedded
 
     shutil.copytree(shared_home / "cache", tmp_path / "cache")
     embedded(tmp_path)

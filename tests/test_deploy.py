@@ -12,14 +12,15 @@ from urllib.parse import urlsplit
 import dagster as dg
 import pytest
 import yaml
-from cdc import drop_database, new_database
-from conftest import REPO
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster_docker import DockerRunLauncher
 from dagster_k8s import K8sRunLauncher
 from dagster_postgres import PostgresRunStorage
+
+from tests.support.cdc import drop_database, new_database
+from tests.support.paths import REPO
 
 VARIANTS = REPO / "deploy" / "instance"
 LIMITS = [

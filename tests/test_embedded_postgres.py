@@ -10,13 +10,18 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from conftest import embedded, run_python
 
-from resources.postgres_server import POSTGRES_URL_ENV, PostgresStartError, postgres_url
+from sophia_assets.postgres.embedded_server import (
+    POSTGRES_URL_ENV,
+    PostgresStartError,
+    postgres_url,
+)
+from tests.support.postgres import embedded
+from tests.support.processes import run_python
 
 ENSURE_AND_REPORT = (
     "import json, os; from pathlib import Path;"
-    "from resources.postgres_server import EmbeddedPostgres;"
+    "from sophia_assets.postgres.embedded_server import EmbeddedPostgres;"
     "s = EmbeddedPostgres(Path(os.environ['SOPHIA_HOME']));"
     "url = s.ensure_running();"
     "print(json.dumps({'url': url, 'pid': s.status().pid}))"
@@ -119,7 +124,7 @@ def test_start_failure_quotes_the_server_log(tmp_path: Path) -> None:
 
 
 def test_cli_start_status_stop(tmp_path: Path) -> None:
-    from conftest import run_sophia
+    from tests.support.processes import run_sophia
 
     env = {"SOPHIA_HOME": str(tmp_path)}
     embedded(tmp_path)
@@ -133,7 +138,7 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
 
 
 def test_cli_masks_an_external_password() -> None:
-    from conftest import run_sophia
+    from tests.support.processes import run_sophia
 
     env = {POSTGRES_URL_ENV: "postgresql://app:hunter2@db.internal:5432/app"}
     out = run_sophia("postgres", "status", env=env).stdout

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cdc import catalog_copy, load, runner, sql
-from conftest import SOURCE_URL_ENV
 
 from resources.postgres import PostgresResource
 from resources.vector_index import PgVectorIndex
@@ -21,6 +19,8 @@ from sophia_assets.embedding.derivation import VectorUpdates
 from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
 from sophia_assets.embedding.index_sync import sync_index
 from sophia_assets.embedding.search import Search
+from tests.support.cdc import catalog_copy, load, runner, sql
+from tests.support.postgres import SOURCE_URL_ENV
 
 UPDATES = "sophia/vector_updates"
 
@@ -242,29 +242,3 @@ def test_checks_pass_on_a_synced_index_and_fail_on_drift(source: str, catalog, e
     assert not drifted["index_consistency"].passed
     assert drifted["index_consistency"].metadata["orphan_sample"].value == "99:0"
     assert drifted["vector_dimension"].passed
-
-
-@pytest.mark.parametrize(
-    ("command", "keys"),
-    [
-        (
-            ["embed", "--rows", "40"],
-            {"raw_docs_per_s", "pipeline_docs_per_s", "ratio", "incremental_fraction"},
-        ),
-        (["search", "--documents", "200", "--queries", "50"], {"p50_ms", "p99_ms"}),
-    ],
-    ids=["embed", "search"],
-)
-def test_bench_commands_print_their_figures_as_json(command, keys, postgres_url: str) -> None:
-    """The benchmarks run end to end on small inputs (figures are printed, never asserted)."""
-    import json
-
-    from conftest import run_sophia
-
-    result = run_sophia(
-        "bench",
-        *command,
-        "--json",
-        env={"SOPHIA_POSTGRES_URL": postgres_url.rsplit("/", 1)[0] + "/postgres"},
-    )
-    assert keys <= set(json.loads(result.stdout.splitlines()[-1]))

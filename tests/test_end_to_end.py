@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import psycopg2
-from cdc import catalog_copy, drop_database, new_database, sql
-from conftest import REPO
+
+from tests.support.cdc import catalog_copy, drop_database, new_database, sql
+from tests.support.paths import REPO
 
 TIMEOUT_S = 240
 

@@ -12,9 +12,9 @@ import pytest
 
 from resources.esc import EscResource
 from resources.postgres import PostgresResource
-from sophia_assets.contracts.esc import TOKEN, EscLoopback
 from sophia_assets.secrets import esc as esc_module
 from sophia_assets.secrets.esc import EscError, open_environment
+from tests.support.contract_servers.esc import TOKEN, EscLoopback
 
 ENVIRONMENTS = {
     "acme/sophia/production": {
@@ -108,12 +108,11 @@ def test_unconfigured_opens_nothing(esc, monkeypatch) -> None:
 
 
 def test_rotation_publishes_current_and_previous_to_esc(esc, source: str, tmp_path) -> None:
-    from cdc import catalog_copy, load
-
     from sophia_assets.flow.credentials import RotatedLogin
     from sophia_assets.secrets.capture_login import set_up
     from sophia_assets.secrets.postgres_roles import SECRET, rotate
     from sophia_assets.secrets.store import EscSecretStore
+    from tests.support.cdc import catalog_copy, load
 
     store = EscSecretStore("acme/sophia/production", TOKEN, esc.url)
     set_up(load(catalog_copy(tmp_path)), source, store)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from cdc import catalog_copy, load, runner, sql
-from conftest import SOURCE_URL_ENV
 
 from resources.postgres import PostgresResource
 from sensors.estuary import Thresholds, build_estuary_sensor
+from tests.support.cdc import catalog_copy, load, runner, sql
+from tests.support.postgres import SOURCE_URL_ENV
 
 CDC_KEY = dg.AssetKey(["sophia", "postgresql_cdc"])
 UPDATES_KEY = dg.AssetKey(["sophia", "vector_updates"])

@@ -16,10 +16,6 @@ import dagster as dg
 import numpy as np
 import psutil
 import pytest
-from cdc import catalog_copy, load, runner, sql
-from conftest import REPO, SOURCE_URL_ENV, step_failure
-from gpu_probe import OUTPUT_ENV, TEXTS, gpu_probe
-from sshd import LoopbackSshd, SshdUnavailable
 
 from resources.embedder import EmbedderResource
 from resources.gpu_runner import LambdaGpuRunner, LocalGpuRunner
@@ -27,9 +23,15 @@ from resources.postgres import PostgresResource
 from sensors.lambda_janitor import GPU_INSTANCES, build_janitor_sensor
 from sophia_assets.assets.embeddings import vector_updates_asset
 from sophia_assets.catalog.translator import FlowTranslator
-from sophia_assets.contracts.lambda_cloud import API_KEY, LambdaCloudContractServer
 from sophia_assets.embedding.batch import read_vectors
 from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
+from tests.support.cdc import catalog_copy, load, runner, sql
+from tests.support.contract_servers.lambda_cloud import API_KEY, LambdaCloudContractServer
+from tests.support.dagster_runs import step_failure
+from tests.support.gpu_probe import OUTPUT_ENV, TEXTS, gpu_probe
+from tests.support.paths import REPO
+from tests.support.postgres import SOURCE_URL_ENV
+from tests.support.sshd import LoopbackSshd, SshdUnavailable
 
 ENTRYPOINT = "sophia_assets.embedding.entrypoint"
 
@@ -244,7 +246,7 @@ def _job_process(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
             "job",
             "execute",
             "-f",
-            str(REPO / "tests" / "gpu_probe.py"),
+            str(REPO / "tests" / "support" / "gpu_probe.py"),
             "-j",
             "gpu_probe_job",
         ],

@@ -11,16 +11,18 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import REPO, step_failure
 
 from resources.image_builder import ImageBuilderResource
 from sophia_assets.assets.deploy import helm_values_asset
 from sophia_assets.assets.images import image_asset
 from sophia_assets.checks.images import dockerfile_check, matches_code_check
-from sophia_assets.images.config import ImageConfig, load_images
+from sophia_assets.images.config import load_images
 from sophia_assets.images.context import BuildContext
 from sophia_assets.images.dockerignore import DockerIgnore
 from sophia_assets.images.rules import check_dockerfile, failing
+from tests.support.dagster_runs import step_failure
+from tests.support.images import BUILDER, app_image, build_images, stale_status
+from tests.support.paths import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
@@ -167,30 +169,14 @@ def test_a_target_inherits_its_parent_stage_user(tmp_path: Path) -> None:
 
 # -- the build ---------------------------------------------------------------------------------
 
-BUILDER = ImageBuilderResource(builder="cloud-acme-sophia", registry="acme")
-
-
-def _image(project: Path) -> ImageConfig:
-    return ImageConfig(
-        name="app",
-        dockerfile=project / "Dockerfile",
-        context=project,
-        repository="sophia-app",
-        platforms=("linux/amd64", "linux/arm64"),
-    )
-
-
-def _materialize(assets, instance, builder=BUILDER, **kwargs):
-    return dg.materialize(assets, instance=instance, resources={"image_builder": builder}, **kwargs)
-
 
 def test_build_runs_buildx_with_the_cloud_flags_and_reports_the_result(
     project: Path, docker_stub: Path
 ) -> None:
-    image = _image(project)
+    image = app_image(project)
     digest = image.build_context.digest()
     with dg.instance_for_test() as instance:
-        result = _materialize([image_asset(image)], instance)
+        result = build_images([image_asset(image)], instance)
         assert result.success
         argv = json.loads(docker_stub.read_text())
         assert argv[:4] == ["buildx", "build", "--builder", "cloud-acme-sophia"]
@@ -221,7 +207,7 @@ def test_a_failed_build_fails_the_asset_with_the_log_tail(
 ) -> None:
     monkeypatch.setenv("STUB_MODE", mode)
     with dg.instance_for_test() as instance:
-        result = _materialize([image_asset(_image(project))], instance, raise_on_error=False)
+        result = build_images([image_asset(app_image(project))], instance, raise_on_error=False)
         assert not result.success
         message = step_failure(result)
         assert reason in message
@@ -234,8 +220,8 @@ def test_no_builder_fails_with_the_commands_that_set_one_up(
     project: Path, docker_stub: Path
 ) -> None:
     with dg.instance_for_test() as instance:
-        result = _materialize(
-            [image_asset(_image(project))],
+        result = build_images(
+            [image_asset(app_image(project))],
             instance,
             builder=ImageBuilderResource(registry="acme"),
             raise_on_error=False,
@@ -247,20 +233,20 @@ def test_no_builder_fails_with_the_commands_that_set_one_up(
 
 
 def test_image_matches_code_until_the_code_changes(project: Path, docker_stub: Path) -> None:
-    image = _image(project)
+    image = app_image(project)
     check = matches_code_check(image)
     selection = dg.AssetSelection.checks(check)
     with dg.instance_for_test() as instance:
-        before = _materialize([image_asset(image), check], instance, selection=selection)
+        before = build_images([image_asset(image), check], instance, selection=selection)
         [never_built] = before.get_asset_check_evaluations()
         assert not never_built.passed and "never built" in never_built.description
 
-        _materialize([image_asset(image), check], instance)
-        after_build = _materialize([image_asset(image), check], instance, selection=selection)
+        build_images([image_asset(image), check], instance)
+        after_build = build_images([image_asset(image), check], instance, selection=selection)
         assert after_build.get_asset_check_evaluations()[0].passed
 
         (project / "pkg/a.py").write_text("A = 2\n")
-        stale = _materialize([image_asset(image), check], instance, selection=selection)
+        stale = build_images([image_asset(image), check], instance, selection=selection)
         [evaluation] = stale.get_asset_check_evaluations()
         assert not evaluation.passed
         assert evaluation.severity == dg.AssetCheckSeverity.ERROR
@@ -269,7 +255,7 @@ def test_image_matches_code_until_the_code_changes(project: Path, docker_stub: P
 
 def test_dockerfile_check_reports_each_finding(project: Path) -> None:
     (project / "Dockerfile").write_text("FROM python:latest\nENV API_TOKEN=x\n")
-    image = _image(project)
+    image = app_image(project)
     check = dockerfile_check(image)
     result = dg.materialize(
         [image_asset(image), check],
@@ -286,14 +272,14 @@ def test_dockerfile_check_reports_each_finding(project: Path) -> None:
 def test_helm_values_pin_the_last_built_image(
     project: Path, docker_stub: Path, tmp_path: Path
 ) -> None:
-    image = _image(project)
+    image = app_image(project)
     values = helm_values_asset(image.asset_key)
     with dg.instance_for_test() as instance:
-        unbuilt = _materialize([values], instance, raise_on_error=False)
+        unbuilt = build_images([values], instance, raise_on_error=False)
         assert "images/app has never been built; materialize it before" in step_failure(unbuilt)
 
-        _materialize([image_asset(image)], instance)
-        rendered = _materialize([values], instance)
+        build_images([image_asset(image)], instance)
+        rendered = build_images([values], instance)
         path = Path(
             rendered.asset_materializations_for_node("deploy__helm_values")[0]
             .metadata["path"]
@@ -308,41 +294,25 @@ def test_helm_values_pin_the_last_built_image(
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "sophia_assets.definitions"]
 
 
-def _stale(instance, assets, resources=None) -> dict[dg.AssetKey, tuple]:
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._core.loader import LoadingContextForTest
-
-    graph = dg.Definitions(
-        assets=assets, resources={"image_builder": BUILDER, **(resources or {})}
-    ).resolve_asset_graph()
-    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    return {
-        key: (
-            resolver.get_status(key).value,
-            [cause.category.value for cause in resolver.get_stale_causes(key)],
-        )
-        for key in graph.materializable_asset_keys
-    }
-
-
 def test_the_ui_shows_the_image_stale_exactly_when_its_inputs_change(
     project: Path, docker_stub: Path
 ) -> None:
-    image = _image(project)
+    image = app_image(project)
     values = helm_values_asset(image.asset_key)
     with dg.instance_for_test() as instance:
-        _materialize([image_asset(image), values], instance)
-        assert {s for s, _ in _stale(instance, [image_asset(image), values]).values()} == {"FRESH"}
+        build_images([image_asset(image), values], instance)
+        graph = [image_asset(image), values]
+        assert {s for s, _ in stale_status(instance, graph).values()} == {"FRESH"}
 
         (project / "tests/test_a.py").write_text("ignored")  # not an input: still fresh
-        assert _stale(instance, [image_asset(image), values])[image.asset_key][0] == "FRESH"
+        assert stale_status(instance, [image_asset(image), values])[image.asset_key][0] == "FRESH"
 
         (project / "pkg/a.py").write_text("A = 2\n")  # an input: the code version moves
-        status = _stale(instance, [image_asset(image), values])
+        status = stale_status(instance, [image_asset(image), values])
         assert status[image.asset_key] == ("STALE", ["CODE"])
 
-        _materialize([image_asset(image)], instance)  # rebuilt: a new image digest
-        status = _stale(instance, [image_asset(image), values])
+        build_images([image_asset(image)], instance)  # rebuilt: a new image digest
+        status = stale_status(instance, [image_asset(image), values])
         assert status[image.asset_key][0] == "FRESH"
         assert status[dg.AssetKey(["deploy", "helm_values"])] == ("STALE", ["DATA"])
 
@@ -352,9 +322,9 @@ def test_rebuild_on_change_requests_one_build_when_the_code_changes(
 ) -> None:
     from dataclasses import replace
 
-    image = replace(_image(project), rebuild_on_change=True)
+    image = replace(app_image(project), rebuild_on_change=True)
     with dg.instance_for_test() as instance:
-        _materialize([image_asset(image)], instance)
+        build_images([image_asset(image)], instance)
         defs = dg.Definitions(assets=[image_asset(image)], resources={"image_builder": BUILDER})
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert first.total_requested == 0  # built from this context already

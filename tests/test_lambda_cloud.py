@@ -1,5 +1,5 @@
 """The Lambda Cloud client and the rented-instance session against a loopback server that
-follows `shared/contracts/lambda-cloud-api-1.8.3.json` (every request and response validated),
+follows `tests/contracts/lambda-cloud-api-1.8.3.json` (every request and response validated),
 on a virtual clock the client and the server share: waits cost no real time, and the rate
 limits are measured on the server's clock."""
 
@@ -9,11 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from sophia_assets.contracts.lambda_cloud import (
-    API_KEY,
-    LambdaCloudContractServer,
-    VirtualClock,
-)
 from sophia_assets.gpu.lambda_api import (
     InsufficientCapacity,
     InvalidRequest,
@@ -23,6 +18,11 @@ from sophia_assets.gpu.lambda_api import (
     Unauthorized,
 )
 from sophia_assets.gpu.session import Choice, InstanceNotActive, LambdaSession, NoCapacity
+from tests.support.contract_servers.lambda_cloud import (
+    API_KEY,
+    LambdaCloudContractServer,
+    VirtualClock,
+)
 
 A10_EAST, A10_WEST = ("gpu_1x_a10", "us-east-1"), ("gpu_1x_a10", "us-west-1")
 A100_EAST, A100_WEST = ("gpu_1x_a100", "us-east-1"), ("gpu_1x_a100", "us-west-1")

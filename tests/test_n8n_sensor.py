@@ -12,7 +12,7 @@ import pytest
 
 from resources.n8n import N8nResource
 from sensors.n8n import WorkflowAction, build_n8n_sensor, load_workflows
-from sophia_assets.contracts.n8n import API_KEY, N8nContractServer
+from tests.support.contract_servers.n8n import API_KEY, N8nContractServer
 
 EMBED = dg.define_asset_job("embed", selection=[dg.AssetKey(["sophia", "vector_updates"])])
 PUBLISHED = WorkflowAction("1001", "content-published", "re-embed")
@@ -170,22 +170,3 @@ def test_unreachable_n8n_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch) 
         )
         result = sensor.evaluate_tick(context)
     assert result.skip_message.startswith("n8n: ") and result.run_requests == []
-
-
-def test_bench_sensors_prints_its_figures_as_json(postgres_url: str) -> None:
-    """The benchmark runs end to end on small backlogs (figures printed, never asserted)."""
-    from conftest import run_sophia
-
-    result = run_sophia(
-        "bench",
-        "sensors",
-        "--executions",
-        "300",
-        "--documents",
-        "1000",
-        "--json",
-        env={"SOPHIA_POSTGRES_URL": postgres_url.rsplit("/", 1)[0] + "/postgres"},
-    )
-    figures = json.loads(result.stdout.splitlines()[-1])
-    assert {"n8n_executions_per_s", "estuary_tick_s"} <= set(figures)
-    assert figures["executions"] == 300 and figures["documents"] == 1000

@@ -10,7 +10,7 @@ import pytest
 
 from resources.postgres import PostgresResource
 from resources.vector_index import PineconeIndex, VectorRecord
-from sophia_assets.contracts.pinecone import MAX_REQUEST_BYTES, PineconeContractServer
+from tests.support.contract_servers.pinecone import MAX_REQUEST_BYTES, PineconeContractServer
 
 NAMESPACE = "sophia"
 
@@ -108,10 +108,9 @@ def test_index_sync_applies_the_journal_to_pinecone(
 ) -> None:
     import json
 
-    from cdc import drop_database, new_database, sql
-
     from sophia_assets.embedding.index_sync import sync_index
     from sophia_assets.flow import journal
+    from tests.support.cdc import drop_database, new_database, sql
 
     url = new_database(postgres_url)
     try:

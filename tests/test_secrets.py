@@ -14,8 +14,6 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
-from cdc import CAPTURE, catalog_copy, duplicated_changes, load, reduced_state, source_state, sql
-from conftest import SOURCE_URL_ENV, run_sophia
 
 from resources.postgres import PostgresResource
 from resources.secret_store import SecretStoreResource
@@ -26,6 +24,17 @@ from sophia_assets.flow.credentials import RotatedLogin
 from sophia_assets.secrets.capture_login import set_up
 from sophia_assets.secrets.postgres_roles import SECRET, rotate, with_login
 from sophia_assets.secrets.store import FileSecretStore
+from tests.support.cdc import (
+    CAPTURE,
+    catalog_copy,
+    duplicated_changes,
+    load,
+    reduced_state,
+    source_state,
+    sql,
+)
+from tests.support.postgres import SOURCE_URL_ENV
+from tests.support.processes import run_sophia
 
 
 @pytest.fixture
@@ -221,7 +230,7 @@ def test_db_roles_command_sets_up_once(source: str, tmp_path: Path) -> None:
 def test_rotation_never_sends_the_password_to_the_server(
     source: str, catalog, store, shared_home: Path
 ) -> None:
-    from resources.postgres_server import EmbeddedPostgres
+    from sophia_assets.postgres.embedded_server import EmbeddedPostgres
 
     def admin(statement: str) -> None:  # ALTER SYSTEM cannot run in a transaction
         conn = psycopg2.connect(source)

@@ -9,8 +9,6 @@ from typing import ClassVar
 
 import dagster as dg
 import pytest
-from conftest import step_failure
-from test_images import BUILDER, _image, _materialize, _stale
 
 from resources.pulumi_stacks import PulumiStacksResource, StackRunnerResource
 from sophia_assets.assets.images import image_asset
@@ -23,6 +21,8 @@ from sophia_assets.stacks.automation import (
     UpResult,
 )
 from sophia_assets.stacks.catalog import StackSpec
+from tests.support.dagster_runs import step_failure
+from tests.support.images import BUILDER, app_image, build_images, stale_status
 
 
 class Recording(StackRunner):
@@ -72,7 +72,7 @@ def _run(assets, instance, stacks=None, **kwargs):
 
 
 def test_up_deploys_the_built_image_and_reports_masked_outputs(project: Path, docker_stub) -> None:
-    image = _image(project)
+    image = app_image(project)
     stack = _stack(image.asset_key)
     with dg.instance_for_test() as instance:
         unbuilt = _run([stack_asset(stack)], instance, raise_on_error=False)
@@ -81,7 +81,7 @@ def test_up_deploys_the_built_image_and_reports_masked_outputs(project: Path, do
         )
         assert Recording.calls == []
 
-        built = _materialize([image_asset(image)], instance)
+        built = build_images([image_asset(image)], instance)
         reference = built.asset_materializations_for_node("images__app")[0].metadata["image"].value
         result = _run([stack_asset(stack)], instance)
         logs = "\n".join(e.user_message for e in instance.all_logs(result.run_id))
@@ -95,11 +95,11 @@ def test_up_deploys_the_built_image_and_reports_masked_outputs(project: Path, do
 
 
 def test_drift_check_fails_when_the_preview_has_changes(project: Path, docker_stub) -> None:
-    image = _image(project)
+    image = app_image(project)
     stack = _stack(image.asset_key)
     check = drift_check(stack)
     with dg.instance_for_test() as instance:
-        _materialize([image_asset(image)], instance)
+        build_images([image_asset(image)], instance)
         selection = dg.AssetSelection.checks(check)
         clean = _run([stack_asset(stack), check], instance, selection=selection)
         assert clean.get_asset_check_evaluations()[0].passed
@@ -114,18 +114,18 @@ def test_drift_check_fails_when_the_preview_has_changes(project: Path, docker_st
 
 
 def test_a_rebuilt_image_marks_the_stack_that_deploys_it_stale(project: Path, docker_stub) -> None:
-    image = _image(project)
+    image = app_image(project)
     stack = _stack(image.asset_key)
     with dg.instance_for_test() as instance:
-        _materialize([image_asset(image)], instance)
+        build_images([image_asset(image)], instance)
         _run([stack_asset(stack)], instance)
         stacks = {"pulumi_stacks": RecordingStacks()}
         graph = [image_asset(image), stack_asset(stack)]
-        assert _stale(instance, graph, stacks)[stack.asset_key][0] == "FRESH"
+        assert stale_status(instance, graph, stacks)[stack.asset_key][0] == "FRESH"
         (project / "pkg/a.py").write_text("A = 9\n")
-        _materialize([image_asset(image)], instance)  # a new image digest
+        build_images([image_asset(image)], instance)  # a new image digest
         graph = [image_asset(image), stack_asset(stack)]
-        assert _stale(instance, graph, stacks)[stack.asset_key] == ("STALE", ["DATA"])
+        assert stale_status(instance, graph, stacks)[stack.asset_key] == ("STALE", ["DATA"])
 
 
 def test_without_the_pulumi_cli_the_asset_says_how_to_install_it(

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO
+
+from tests.support.paths import REPO
 
 LOCATION_STATUS = """
 { workspaceOrError { ... on Workspace { locationEntries { name loadStatus

@@ -92,3 +92,13 @@ def _docstrings(path: Path, module: str) -> list[tuple[str, str]]:
 
     visit(tree, module)
     return found
+
+
+def demo_corpus(home: Path) -> list[CorpusDocument]:
+    """The corpus cached under `home`/cache, saying on stderr when it is built (once)."""
+    import sys
+
+    cache = home / "cache"
+    if not any(cache.glob("corpus-*.json.gz")):
+        print("building the demo corpus from installed docstrings (once)...", file=sys.stderr)
+    return load_corpus(cache)

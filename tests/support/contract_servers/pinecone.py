@@ -1,5 +1,5 @@
 """A loopback Pinecone data plane that follows the published contract
-(`../shared/contracts/pinecone-db-data-2026-04.oas.yaml`; requests and responses validated by
+(`tests/contracts/pinecone-db-data-2026-04.oas.yaml`; requests and responses validated by
 `ContractServer`). It enforces Pinecone's documented limits (1,000 records and 2 MB per upsert,
 1,000 ids per fetch or delete) and can be told to fail requests (429, 500) to exercise the
 client's retries."""
@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from sophia_assets.contracts.contract_server import ContractServer
+from tests.support.contract_servers.contract_server import ContractServer
 
 MAX_UPSERT_RECORDS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""A loopback Lambda Cloud API that follows `../shared/contracts/lambda-cloud-api-1.8.3.json`
+"""A loopback Lambda Cloud API that follows `tests/contracts/lambda-cloud-api-1.8.3.json`
 (requests and responses validated by `ContractServer`), with a stateful fleet: an instance
 boots, becomes active after `boot_s` on the server's clock (never, when None), and terminating
 takes `terminate_s`. Capacity is per instance type and region; a launch without capacity gets
@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sophia_assets.contracts.contract_server import ContractServer
 from sophia_assets.gpu.clock import Clock, SystemClock
+from tests.support.contract_servers.contract_server import ContractServer
 
 API_KEY = "lambda-test-key-not-a-secret"
 LAUNCH_INTERVAL_S = 12.0

@@ -5,11 +5,9 @@ and every response it sends is validated with openapi-core, and mismatches are r
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,10 +15,8 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 
-# The published contracts live in shared/ beside the checkout (SOPHIA_CONTRACTS overrides).
-CONTRACTS = Path(
-    os.environ.get("SOPHIA_CONTRACTS") or Path(__file__).resolve().parents[3] / "shared/contracts"
-)
+from tests.support.paths import CONTRACTS
+
 _SPECS: dict[str, dict] = {}
 
 
@@ -50,8 +46,8 @@ class ContractServer:
         path = CONTRACTS / contract
         if not path.exists():
             raise FileNotFoundError(
-                f"the contract {contract} is not at {path}; check out "
-                "shared/ beside the repository or set SOPHIA_CONTRACTS"
+                f"the contract {contract} is not at {path}; vendor the vendor's published "
+                "document there and note its source in tests/contracts/README.md"
             )
         if contract not in _SPECS:  # large documents: parse once per test session
             _SPECS[contract] = yaml.safe_load(path.read_text())

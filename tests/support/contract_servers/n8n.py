@@ -1,4 +1,4 @@
-"""A loopback n8n public API that follows `../shared/contracts/n8n-public-api-2.41.1.yml`
+"""A loopback n8n public API that follows `tests/contracts/n8n-public-api-2.41.1.yml`
 (requests and responses validated by `ContractServer`). Executions are listed newest first
 with n8n's cursor (base64 JSON `{lastId, limit}`); a hook can add executions between two pages,
 and a wrong API key gets 401."""
@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sophia_assets.contracts.contract_server import ContractServer
+from tests.support.contract_servers.contract_server import ContractServer
 
 API_KEY = "n8n-test-key-not-a-secret"
 

@@ -1,0 +1,1 @@
+"""The platform's Postgres: the embedded local server (production uses a URL)."""
