@@ -55,19 +55,18 @@ def run_embed_bench(
     import psycopg2
     from sentence_transformers import SentenceTransformer
 
-    from resources.postgres import PostgresResource
-    from resources.vector_index import PgVectorIndex
     from sophia_assets.demo.seed import seed_documents
     from sophia_assets.embedding.derivation import VectorUpdates
     from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
     from sophia_assets.embedding.index_sync import sync_index
     from sophia_assets.flow.capture import CaptureRunner
+    from sophia_assets.vectors.pgvector import PgVectorIndex
 
     card = ModelCard.read(default_model_path())
     embedder = Embedder(card)
     with scratch_database(platform_url, "embed") as url:
         os.environ[ENV] = url
-        index = PgVectorIndex(postgres=PostgresResource(url_env=ENV))
+        index = PgVectorIndex(lambda: psycopg2.connect(url))
         seed_documents(url, corpus, rows)
         capture, catalog = scratch_capture(catalog)
         CaptureRunner(capture, catalog, url, url).drain()

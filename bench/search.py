@@ -53,17 +53,19 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 def run_search_bench(
     platform_url: str, corpus, documents: int, queries: int, say=print
 ) -> SearchFigures:
-    from resources.postgres import PostgresResource
-    from resources.vector_index import PgVectorIndex, VectorRecord
+    import psycopg2
+
     from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
     from sophia_assets.embedding.search import Search
+    from sophia_assets.vectors import VectorRecord
+    from sophia_assets.vectors.pgvector import PgVectorIndex
 
     if documents + queries > len(corpus):
         raise ValueError(f"the corpus has {len(corpus)} documents; ask for fewer")
     embedder = Embedder(ModelCard.read(default_model_path()))
     with scratch_database(platform_url, "search") as url:
         os.environ[ENV] = url
-        index = PgVectorIndex(postgres=PostgresResource(url_env=ENV))
+        index = PgVectorIndex(lambda: psycopg2.connect(url))
         say(f"indexing {documents} documents...")
         texts = [_first_line(d.title, d.body) for d in corpus[:documents]]
         vectors = embedder.embed(texts)
@@ -82,8 +84,8 @@ def run_search_bench(
             search_ms = [_timed(lambda q=q: search(q, 5)) for q in questions]
             embed_ms = [_timed(lambda q=q: embedder.embed([q])) for q in questions]
             ready = embedder.embed(questions[:queries])
-            conn = search._conn
-            index_ms = [_timed(lambda v=v: index.query_with(conn, v, 20)) for v in ready]
+            with index.session() as session:
+                index_ms = [_timed(lambda v=v: session.query(v, 20)) for v in ready]
         finally:
             search.close()
     return SearchFigures(documents, queries, search_ms, embed_ms, index_ms)

@@ -41,11 +41,11 @@ from sophia_assets.checks.embeddings import consistency_check, coverage_check, d
 from sophia_assets.checks.images import dockerfile_check, matches_code_check
 from sophia_assets.checks.secrets import secret_age_check
 from sophia_assets.checks.stacks import drift_check
-from sophia_assets.demo.seed_job import demo_seed_job
 from sophia_assets.flow.runtime import runnable_captures
 from sophia_assets.freshness import FRESHNESS
 from sophia_assets.home import flow_specs_dir
 from sophia_assets.images.config import load_images
+from sophia_assets.jobs.demo_seed import demo_seed_job
 from sophia_assets.stacks.catalog import STACKS, n8n_image_spec
 
 # eager(): runs when vector_updates has a new materialization and the index has not run since;

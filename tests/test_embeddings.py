@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from resources.postgres import PostgresResource
-from resources.vector_index import PgVectorIndex
+from resources.vector_index import PgVectorResource
 from sophia_assets.embedding.derivation import VectorUpdates
 from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
 from sophia_assets.embedding.index_sync import sync_index
 from sophia_assets.embedding.search import Search
+from sophia_assets.vectors import VectorIndex
 from tests.support.cdc import catalog_copy, load, runner, sql
 from tests.support.postgres import SOURCE_URL_ENV
 
@@ -35,8 +36,8 @@ def catalog(tmp_path: Path):
     return load(catalog_copy(tmp_path))
 
 
-def _index() -> PgVectorIndex:
-    return PgVectorIndex(postgres=PostgresResource(url_env=SOURCE_URL_ENV))
+def _index() -> VectorIndex:
+    return PgVectorResource(postgres=PostgresResource(url_env=SOURCE_URL_ENV)).open()
 
 
 def _pipeline(url: str, catalog, embedder: Embedder, batch: int = 256):
@@ -214,7 +215,7 @@ def test_checks_pass_on_a_synced_index_and_fail_on_drift(source: str, catalog, e
     resources = {
         "postgres": postgres,
         "embedder": EmbedderResource(),
-        "vector_index": PgVectorIndex(postgres=postgres),
+        "vector_index": PgVectorResource(postgres=postgres),
     }
 
     def evaluate() -> dict:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from resources.postgres import PostgresResource
-from resources.vector_index import PineconeIndex, VectorRecord
+from resources.vector_index import PineconeResource
+from sophia_assets.vectors import VectorIndex, VectorRecord
 from tests.support.contract_servers.pinecone import MAX_REQUEST_BYTES, PineconeContractServer
 
 NAMESPACE = "sophia"
@@ -26,15 +27,15 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[PineconeContractServer]:
 @pytest.fixture
 def index(
     server: PineconeContractServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> PineconeIndex:
+) -> VectorIndex:
     monkeypatch.setenv("PINECONE_TEST_URL", postgres_url)
-    return PineconeIndex(
+    return PineconeResource(
         postgres=PostgresResource(url_env="PINECONE_TEST_URL"),
         host=server.host,
         namespace=NAMESPACE,
         index_name="contract-test",
         retries=4,
-    )
+    ).open()
 
 
 def _records(count: int, metadata_bytes: int = 20, seed: int = 1) -> list[VectorRecord]:
@@ -97,10 +98,11 @@ def test_a_persistent_error_is_raised_not_dropped(index, server) -> None:
     assert NAMESPACE not in server.namespaces or not server.namespaces[NAMESPACE]
 
 
-def test_missing_api_key_says_what_to_set(index, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_api_key_says_what_to_set(server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOPHIA_PINECONE_API_KEY")
+    resource = PineconeResource(postgres=PostgresResource(), host=server.host)
     with pytest.raises(RuntimeError, match="SOPHIA_PINECONE_API_KEY is not set"):
-        index.apply(_records(1), [], offset=0)
+        resource.open()
 
 
 def test_index_sync_applies_the_journal_to_pinecone(
@@ -146,11 +148,11 @@ def test_index_sync_applies_the_journal_to_pinecone(
                 "commit_lsn) VALUES ('sophia/vector_updates', %s, %s, %s, '0/0')",
                 params=(offset, json.dumps([document["embedding_id"]]), json.dumps(document)),
             )
-        index = PineconeIndex(
+        index = PineconeResource(
             postgres=PostgresResource(url_env="PINECONE_SYNC_URL"),
             host=server.host,
             namespace=NAMESPACE,
-        )
+        ).open()
         report = sync_index(index, url, batch_documents=2)
 
         assert set(server.namespaces[NAMESPACE]) == {"2:0", "3:0"}
@@ -161,10 +163,10 @@ def test_index_sync_applies_the_journal_to_pinecone(
 
 
 def test_configuration_chooses_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    from resources.vector_index import PgVectorIndex, configured_index
+    from resources.vector_index import PgVectorResource, configured_index
 
     postgres = PostgresResource()
     monkeypatch.delenv("SOPHIA_PINECONE_HOST", raising=False)
-    assert isinstance(configured_index(postgres), PgVectorIndex)
+    assert isinstance(configured_index(postgres), PgVectorResource)
     monkeypatch.setenv("SOPHIA_PINECONE_HOST", "https://sophia-ai-vectors.example")
-    assert isinstance(configured_index(postgres), PineconeIndex)
+    assert isinstance(configured_index(postgres), PineconeResource)

@@ -7,7 +7,7 @@ import dagster as dg
 from resources.embedder import EmbedderResource
 from resources.gpu_runner import GpuRunner
 from resources.postgres import PostgresResource
-from resources.vector_index import VectorIndex
+from resources.vector_index import VectorIndexResource
 from sophia_assets.catalog.model import Catalog
 
 RUNNER_TAG = "sophia/runner"  # `gpu`: embed through the configured GPU runner
@@ -87,19 +87,22 @@ def vector_index_asset(spec: dg.AssetSpec, source: str) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name="index__" + "__".join(spec.key.path).replace("-", "_"), specs=[spec])
     def _index(
-        context: dg.AssetExecutionContext, vector_index: VectorIndex, postgres: PostgresResource
+        context: dg.AssetExecutionContext,
+        vector_index: VectorIndexResource,
+        postgres: PostgresResource,
     ):
         from sophia_assets.embedding.index_sync import sync_index
 
+        index = vector_index.open()
         report = sync_index(
-            vector_index,
+            index,
             postgres.url(),
             source,
             on_batch=lambda r: context.log.info(
                 f"applied up to offset {r.applied_offset}: {r.upserts} upserts, {r.deletes} deletes"
             ),
         )
-        stats = vector_index.stats()
+        stats = index.stats()
         yield dg.MaterializeResult(
             asset_key=spec.key,
             metadata={
@@ -109,7 +112,7 @@ def vector_index_asset(spec: dg.AssetSpec, source: str) -> dg.AssetsDefinition:
                 "deletes": report.deletes,
                 "lag_documents": report.lag_documents,
                 "lag_seconds": report.lag_seconds or 0.0,
-                "backend": type(vector_index).__name__,
+                "backend": type(index).__name__,
             },
         )
 

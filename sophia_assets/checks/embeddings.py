@@ -9,7 +9,7 @@ import orjson
 
 from resources.embedder import EmbedderResource
 from resources.postgres import PostgresResource
-from resources.vector_index import VectorIndex
+from resources.vector_index import VectorIndexResource
 from sophia_assets.catalog.model import Catalog
 
 
@@ -89,14 +89,16 @@ def consistency_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDef
         description="The index holds exactly the live vector ids: no orphan left "
         "by a delete, none missing.",
     )
-    def _consistency(postgres: PostgresResource, vector_index: VectorIndex) -> dg.AssetCheckResult:
+    def _consistency(
+        postgres: PostgresResource, vector_index: VectorIndexResource
+    ) -> dg.AssetCheckResult:
         live = {
             orjson.loads(k)[0]
             for (k,) in _rows(
                 postgres, "SELECT key::text FROM flow.reduced WHERE collection = %s", (updates,)
             )
         }
-        indexed = vector_index.ids()
+        indexed = vector_index.open().ids()
         orphans, missing = indexed - live, live - indexed
         return dg.AssetCheckResult(
             passed=not orphans and not missing,
@@ -120,7 +122,7 @@ def dimension_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDefin
         description="Vectors in the collection and the index have the model's dimension.",
     )
     def _dimension(
-        postgres: PostgresResource, embedder: EmbedderResource, vector_index: VectorIndex
+        postgres: PostgresResource, embedder: EmbedderResource, vector_index: VectorIndexResource
     ) -> dg.AssetCheckResult:
         expected = embedder.card().dimensions
         lengths = {
@@ -133,7 +135,7 @@ def dimension_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDefin
             )
             if n is not None
         }
-        index_dimension = vector_index.stats().dimension
+        index_dimension = vector_index.open().stats().dimension
         return dg.AssetCheckResult(
             passed=lengths <= {expected} and index_dimension in (None, expected),
             metadata={

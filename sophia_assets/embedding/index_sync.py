@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from resources.vector_index import VectorIndex, VectorRecord
 from sophia_assets.flow import journal
+from sophia_assets.vectors import VectorIndex, VectorRecord
 
 BATCH_DOCUMENTS = 1000
 

@@ -3,10 +3,11 @@ asks the index for the nearest chunks, and returns the best chunk per document."
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-from resources.vector_index import PgVectorIndex, VectorIndex
 from sophia_assets.embedding.embedder import Embedder
+from sophia_assets.vectors import VectorIndex
 
 
 @dataclass(frozen=True)
@@ -23,17 +24,16 @@ class Search:
     def __init__(self, embedder: Embedder, index: VectorIndex):
         self.embedder = embedder
         self.index = index
-        self._conn = index._connect() if isinstance(index, PgVectorIndex) else None
+        # pgvector: one connection held open for every query (a new one costs milliseconds).
+        self._stack = ExitStack()
+        self._queries = self._stack.enter_context(index.session())
 
     def __call__(self, text: str, top_k: int = 5) -> list[SearchResult]:
         if not text.strip():
             raise ValueError("the search text is empty; pass the words to search for")
         (vector,) = self.embedder.embed([text])
         fetch = top_k * 4  # several chunks may belong to one document
-        if self._conn is not None:
-            matches = self.index.query_with(self._conn, vector, fetch)
-        else:
-            matches = self.index.query(vector, fetch)
+        matches = self._queries.query(vector, fetch)
         best: dict = {}
         for match in matches:
             key = match.metadata.get("source_key", match.id.split(":")[0])
@@ -44,5 +44,4 @@ class Search:
         return sorted(best.values(), key=lambda r: -r.score)[:top_k]
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._stack.close()

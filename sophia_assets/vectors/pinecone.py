@@ -1,0 +1,131 @@
+"""Pinecone through the `pinecone` SDK. Upserts are idempotent (ids are deterministic), so the
+applied offset is stored in the platform's Postgres only after Pinecone acknowledged every
+batch; a crash replays at most one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from sophia_assets.backoff import Backoff, retry
+from sophia_assets.vectors.index import IndexStats, Match, VectorIndex, VectorRecord
+from sophia_assets.vectors.offsets import Connect
+
+T = TypeVar("T")
+
+# Pinecone's documented limits: 1,000 records and 2 MB per upsert; 1,000 ids per fetch/delete.
+MAX_RECORDS = 1000
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+MAX_IDS = 1000
+
+
+class PineconeIndex(VectorIndex):
+    backend = "pinecone"
+
+    def __init__(
+        self,
+        connect: Connect,
+        host: str,
+        api_key: str,
+        name: str = "sophia-ai-vectors",
+        namespace: str = "sophia",
+        batch_records: int = MAX_RECORDS,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        retries: int = 6,
+    ):
+        super().__init__(connect, name)
+        from pinecone import Pinecone
+
+        self._index = Pinecone(api_key=api_key).Index(host=host)
+        self.namespace = namespace
+        self.batch_records = min(batch_records, MAX_RECORDS)
+        self.max_request_bytes = max_request_bytes
+        self.retries = retries
+
+    def apply(self, upserts: list[VectorRecord], deletes: list[str], offset: int) -> None:
+        for batch in batches(upserts, self.batch_records, self.max_request_bytes):
+            vectors = [
+                {"id": r.id, "values": r.values, "metadata": _flat(r.metadata)} for r in batch
+            ]
+            self._retry(lambda v=vectors: self._index.upsert(vectors=v, namespace=self.namespace))
+        for start in range(0, len(deletes), MAX_IDS):
+            ids = deletes[start : start + MAX_IDS]
+            self._retry(lambda i=ids: self._index.delete(ids=i, namespace=self.namespace))
+        self.offsets.store(offset)  # only now that Pinecone acknowledged every batch
+
+    def query(
+        self, vector: list[float], top_k: int, metadata_filter: dict[str, Any] | None = None
+    ) -> list[Match]:
+        response = self._retry(
+            lambda: self._index.query(
+                vector=vector,
+                top_k=top_k,
+                filter=metadata_filter,
+                include_metadata=True,
+                namespace=self.namespace,
+            )
+        )
+        return [Match(m.id, float(m.score), dict(m.metadata or {})) for m in response.matches]
+
+    def fetch(self, ids: list[str]) -> dict[str, VectorRecord]:
+        found: dict[str, VectorRecord] = {}
+        for start in range(0, len(ids), MAX_IDS):
+            chunk = ids[start : start + MAX_IDS]
+            response = self._retry(
+                lambda c=chunk: self._index.fetch(ids=c, namespace=self.namespace)
+            )
+            for vid, vector in response.vectors.items():
+                found[vid] = VectorRecord(vid, list(vector.values), dict(vector.metadata or {}))
+        return found
+
+    def ids(self) -> set[str]:
+        found: set[str] = set()
+        for page in self._index.list(namespace=self.namespace):
+            found.update(getattr(item, "id", item) for item in page)
+        return found
+
+    def stats(self) -> IndexStats:
+        response = self._retry(lambda: self._index.describe_index_stats())
+        namespace = (response.namespaces or {}).get(self.namespace)
+        return IndexStats(int(namespace.vector_count) if namespace else 0, response.dimension)
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        return retry(call, _throttled_or_failed, self.retries, Backoff(0.2, 5.0))
+
+
+def _throttled_or_failed(err: Exception) -> bool:
+    """429 and 5xx are worth retrying; the SDK's exception classes vary by transport."""
+    status = getattr(err, "status", None) or getattr(err, "status_code", None)
+    return status == 429 or (status or 0) >= 500
+
+
+def batches(
+    records: list[VectorRecord], limit: int, max_bytes: int
+) -> Iterator[list[VectorRecord]]:
+    """Batches within Pinecone's limits: at most `limit` records and `max_bytes` of JSON (with
+    a tenth kept free for the envelope)."""
+    import orjson
+
+    batch: list[VectorRecord] = []
+    size = 0
+    for record in records:
+        record_size = (
+            len(
+                orjson.dumps(
+                    {"id": record.id, "values": record.values, "metadata": record.metadata}
+                )
+            )
+            + 2
+        )
+        if batch and (len(batch) >= limit or size + record_size > max_bytes * 0.9):
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += record_size
+    if batch:
+        yield batch
+
+
+def _flat(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Pinecone metadata values are strings, numbers, booleans or lists of strings."""
+    return {k: v for k, v in metadata.items() if v is not None}
