@@ -44,6 +44,13 @@ def test_main_command_run_is_visible_afterwards(tmp_path: Path, monkeypatch) -> 
         "(id 1)"
     )
 
+    # The instance lives under SOPHIA_HOME; `dagster dev` in the working directory (root
+    # dagster.yaml) and DAGSTER_HOME=$SOPHIA_HOME/dagster both see what the command ran.
+    assert (tmp_path / ".sophia/dagster/dagster.yaml").exists()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / ".sophia/dagster"))
+    with dg.DagsterInstance.get() as instance:
+        assert [r.job_name for r in reversed(instance.get_runs())] == ["demo_seed_job", "main"]
+    monkeypatch.delenv("DAGSTER_HOME")
     with _instance_in(tmp_path, monkeypatch) as instance:
         runs = instance.get_runs()
         assert [(r.job_name, r.status) for r in reversed(runs)] == [

@@ -16,9 +16,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
-from dagster._core.pipes.client import PipesClientCompletedInvocation, PipesMessageReader
-from dagster._core.pipes.context import PipesMessageHandler
-from dagster._core.pipes.utils import PipesEnvContextInjector
 from dagster_pipes import PipesDefaultMessageWriter
 
 from sophia_assets.gpu.ssh import SSH_FAILED, SshError, SshTarget
@@ -26,13 +23,13 @@ from sophia_assets.gpu.ssh import SSH_FAILED, SshError, SshTarget
 PIPES_KEY = "__dagster_pipes_version"
 
 
-class _StreamReader(PipesMessageReader):
+class _StreamReader(dg.PipesMessageReader):
     """Messages arrive on the remote command's stdout; `PipesSshClient` hands them over."""
 
-    handler: PipesMessageHandler | None = None
+    handler: dg.PipesMessageHandler | None = None
 
     @contextmanager
-    def read_messages(self, handler: PipesMessageHandler) -> Iterator[Mapping[str, Any]]:
+    def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[Mapping[str, Any]]:
         self.handler = handler
         yield {PipesDefaultMessageWriter.STDIO_KEY: PipesDefaultMessageWriter.STDOUT}
 
@@ -52,11 +49,11 @@ class PipesSshClient(dg.PipesClient):
         command: str,
         workdir: str,
         extras: Mapping[str, Any] | None = None,
-    ) -> PipesClientCompletedInvocation:
+    ) -> dg.PipesClientCompletedInvocation:
         reader = _StreamReader()
         with dg.open_pipes_session(
             context=context,
-            context_injector=PipesEnvContextInjector(),
+            context_injector=dg.PipesEnvContextInjector(),
             message_reader=reader,
             extras=extras,
         ) as session:
@@ -66,7 +63,7 @@ class PipesSshClient(dg.PipesClient):
             )
             remote = f"cd {shlex.quote(workdir)} && exec env {env} {command} 2>&1"
             tail = self._stream(context, reader, remote)
-        return PipesClientCompletedInvocation(session, metadata={"ssh_tail": tail[-500:]})
+        return dg.PipesClientCompletedInvocation(session, metadata={"ssh_tail": tail[-500:]})
 
     def _stream(self, context, reader: _StreamReader, remote: str) -> str:
         tail: deque[str] = deque(maxlen=30)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster._core.errors import DagsterExecutionInterruptedError
+import dagster as dg
 
 from sophia_assets.gpu.lambda_api import (
     InsufficientCapacity,
@@ -21,7 +21,7 @@ from sophia_assets.gpu.ssh import SshTarget
 OURS_TAG = "sophia"  # value "embedding": the janitor's mark
 RUN_TAG = "dagster-run"
 GONE = ("terminated", "preempted")
-_INTERRUPTS = (KeyboardInterrupt, DagsterExecutionInterruptedError)
+_INTERRUPTS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
 
 
 class NoCapacity(RuntimeError):
