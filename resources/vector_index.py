@@ -21,8 +21,8 @@ class VectorIndexResource(dg.ConfigurableResource, ABC):
     index_name: str = Field(default="sophia-ai-vectors", description="The index's name.")
 
     @abstractmethod
-    def open(self) -> VectorIndex:
-        """The engine for this index."""
+    def open(self, index_name: str | None = None) -> VectorIndex:
+        """The engine for `index_name` (default: this resource's `index_name`)."""
 
 
 class PgVectorResource(VectorIndexResource):
@@ -30,10 +30,10 @@ class PgVectorResource(VectorIndexResource):
 
     dimension: int = 384
 
-    def open(self) -> VectorIndex:
+    def open(self, index_name: str | None = None) -> VectorIndex:
         from sophia_assets.vectors.pgvector import PgVectorIndex
 
-        return PgVectorIndex(self.postgres.connect, self.index_name, self.dimension)
+        return PgVectorIndex(self.postgres.connect, index_name or self.index_name, self.dimension)
 
 
 class PineconeResource(VectorIndexResource):
@@ -46,7 +46,7 @@ class PineconeResource(VectorIndexResource):
     max_request_bytes: int = Field(default=2 * 1024 * 1024)
     retries: int = 6
 
-    def open(self) -> VectorIndex:
+    def open(self, index_name: str | None = None) -> VectorIndex:
         from sophia_assets.vectors.pinecone import PineconeIndex
 
         key = os.environ.get(self.api_key_env)
@@ -59,7 +59,7 @@ class PineconeResource(VectorIndexResource):
             self.postgres.connect,
             self.host,
             key,
-            name=self.index_name,
+            name=index_name or self.index_name,
             namespace=self.namespace,
             batch_records=self.batch_records,
             max_request_bytes=self.max_request_bytes,

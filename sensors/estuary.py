@@ -19,13 +19,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from resources.postgres import PostgresResource
-
-IN_FLIGHT = [
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
+from sophia_assets.run_status import IN_FLIGHT
 
 
 @dataclass(frozen=True)
@@ -102,14 +96,17 @@ def build_estuary_sensor(
     embed_job,  # the asset job the sensor starts
     thresholds: Thresholds | None = None,
     minimum_interval_seconds: int = 5,
+    name: str | None = None,
 ) -> dg.SensorDefinition:
+    """One sensor per embedding derivation: it watches the derivation's source collection and
+    requests runs of that derivation only (the job may hold several)."""
     collection = "/".join(collection_key.path)
     derivation = "/".join(derivation_key.path)
     thresholds = thresholds or Thresholds.from_environment()
 
     @dg.sensor(
-        name="estuary__" + "__".join(collection_key.path),
-        description=f"Reports progress of {collection} and requests embedding runs.",
+        name=name or "estuary__" + "__".join(collection_key.path),
+        description=f"Reports progress of {collection} and requests runs of {derivation}.",
         job=embed_job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -135,7 +132,9 @@ def build_estuary_sensor(
                 )
             )
             cursor["reported"] = progress.last_offset
-        request, reason = _embedding_request(context, progress, thresholds, embed_job.name)
+        request, reason = _embedding_request(
+            context, progress, thresholds, embed_job.name, derivation_key
+        )
         return dg.SensorResult(
             run_requests=[request] if request else [],
             skip_reason=None if request or events else reason,
@@ -147,7 +146,11 @@ def build_estuary_sensor(
 
 
 def _embedding_request(
-    context: dg.SensorEvaluationContext, progress: Progress, thresholds: Thresholds, job_name: str
+    context: dg.SensorEvaluationContext,
+    progress: Progress,
+    thresholds: Thresholds,
+    job_name: str,
+    derivation_key: dg.AssetKey,
 ):
     pending = progress.last_offset - progress.derived_offset
     if pending <= 0:
@@ -160,12 +163,13 @@ def _embedding_request(
             f"{thresholds.max_wait_seconds:.0f}"
         )
     running = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1
+        filters=dg.RunsFilter(job_name=job_name, statuses=list(IN_FLIGHT)), limit=1
     )
     if running:
         return None, f"an embedding run is in flight ({running[0].run_id}); one at a time"
     runner = "gpu" if pending >= thresholds.gpu_documents else "local"
     return dg.RunRequest(
         run_key=f"embed:{progress.derived_offset + 1}-{progress.last_offset}",
+        asset_selection=[derivation_key],
         tags={"sophia/runner": runner, "sophia/pending_documents": str(pending)},
     ), None

@@ -1,4 +1,8 @@
-"""The code location: one Definitions assembled from the catalog, resources and jobs.
+"""The code location: one Definitions, read top-down as the platform.
+
+catalog (flow_specs/) -> data path (captures, embedding derivations, vector indexes, with the
+platform's freshness policy applied once over them) -> images and the deployment -> stacks and
+secrets -> automation (sensors, schedules) -> resources.
 
 Heavy libraries (torch, sentence-transformers, pulumi) are imported where they are used, never
 here, because every run process loads this module.
@@ -44,55 +48,58 @@ from sophia_assets.checks.stacks import drift_check
 from sophia_assets.flow.runtime import runnable_captures
 from sophia_assets.freshness import FRESHNESS
 from sophia_assets.home import flow_specs_dir
-from sophia_assets.images.config import load_images
+from sophia_assets.images.config import deployment_image, load_images
 from sophia_assets.jobs.demo_seed import demo_seed_job
 from sophia_assets.stacks.catalog import STACKS, n8n_image_spec
 
-# eager(): runs when vector_updates has a new materialization and the index has not run since;
-# it never starts a run on a tick when nothing changed.
-INDEX_FOLLOWS = dg.AutomationCondition.eager()
+# -- the catalog ------------------------------------------------------------------------------
 
 catalog = load_catalog(flow_specs_dir())
-specs = {spec.key: spec for spec in FlowTranslator(catalog).build_specs()}
+translator = FlowTranslator(catalog)
+specs = {spec.key: spec for spec in translator.build_specs()}
 
-# Captures the local flow runtime can run become materializable, and so do the embedding
-# derivation and the vector index; anything else in the catalog stays an external asset.
-captures = [capture_asset(c, catalog, specs) for c in runnable_captures(catalog)]
-captured = {key for assets_def in captures for key in assets_def.keys}
+# -- the data path: captures -> embedding derivations -> vector indexes --------------------------
+
+# Captures the local flow runtime can run become materializable; so do the embedding
+# derivations and the vector indexes they feed. Anything else stays an external asset.
+runnable = runnable_captures(catalog)
+captured = {translator.collection_key(b.target) for c in runnable for b in c.bindings}
+derivations = catalog.embedding_derivations()
+embedded = {translator.collection_key(c.name) for c in derivations}
+index_targets = {
+    translator.target_key(m, b): (b.source, m.index_name(b))
+    for m, b in catalog.vector_index_bindings()
+    if translator.collection_key(b.source) in embedded
+}
+indexed = set(index_targets)
+data_path = captured | embedded | indexed
+
+# Global policy, applied once: everything on the data path must stay fresh.
+specs = {
+    key: spec.replace_attributes(freshness_policy=FRESHNESS) if key in data_path else spec
+    for key, spec in specs.items()
+}
+
 embedder = EmbedderResource()
+captures = [capture_asset(c, catalog, specs) for c in runnable]
 derived = [
-    vector_updates_asset(
-        catalog,
-        specs[key].replace_attributes(freshness_policy=FRESHNESS),
-        embedder.card().version,
-    )
-    for key in (
-        dg.AssetKey(name.split("/"))
-        for name, c in catalog.collections.items()
-        if c.derivation and "embed" in str(c.derivation.using)
-    )
+    vector_updates_asset(catalog, specs[translator.collection_key(c.name)], embedder.card().version)
+    for c in derivations
 ]
-embedded = {key for assets_def in derived for key in assets_def.keys}
+# eager(): the index runs when its vector updates have a new materialization and it has not run
+# since; it never starts a run on a tick when nothing changed.
+INDEX_FOLLOWS = dg.AutomationCondition.eager()
 indexes = [
     vector_index_asset(
-        spec.replace_attributes(freshness_policy=FRESHNESS, automation_condition=INDEX_FOLLOWS),
-        "/".join(next(iter(spec.deps)).asset_key.path),
+        specs[key].replace_attributes(automation_condition=INDEX_FOLLOWS), source, index_name
     )
-    for spec in specs.values()
-    if spec.group_name == "vector_index" and {d.asset_key for d in spec.deps} <= embedded
+    for key, (source, index_name) in index_targets.items()
 ]
-computed = captured | embedded | {key for assets_def in indexes for key in assets_def.keys}
 
-embed_job = dg.define_asset_job(
-    "embed",
-    selection=dg.AssetSelection.assets(*embedded),
-    description="Embeds what changed in the captured collections (the index follows by "
-    "declarative automation).",
-)
-reindex_job = dg.define_asset_job(
-    "reindex",
-    selection=dg.AssetSelection.assets(*(k for a in indexes for k in a.keys)),
-    description="Applies pending vector updates to the index.",
+main_job = dg.define_asset_job(
+    "main",
+    selection=dg.AssetSelection.assets(*data_path),
+    description="The data path on the configured backends: capture, embed, index.",
 )
 drain_job = dg.define_asset_job(
     "drain",
@@ -100,63 +107,102 @@ drain_job = dg.define_asset_job(
     tags={"sophia/capture": "drain"},  # one drain at a time (dagster.yaml)
     description="Drains the captures up to now.",
 )
-
-main_job = dg.define_asset_job(
-    "main",
-    selection=dg.AssetSelection.assets(*computed),
-    description="The data path on the configured backends: capture, embed, index.",
+embed_job = dg.define_asset_job(
+    "embed",
+    selection=dg.AssetSelection.assets(*embedded),
+    description="Embeds what changed in the captured collections (the index follows by "
+    "declarative automation); a sensor's run selects its one derivation.",
+)
+reindex_job = dg.define_asset_job(
+    "reindex",
+    selection=dg.AssetSelection.assets(*indexed),
+    description="Applies pending vector updates to the index.",
 )
 
-# Container images from deploy/images.yaml, and the deployment that uses the code location's.
+# -- images and the deployment that runs the code location's --------------------------------------
+
 images = load_images()
-image_assets = [image_asset(image) for image in images]
-deployment = [
-    helm_values_asset(image.asset_key) for image in images if image.name == "code-location"
-]
+deployed = deployment_image(images)
 images_job = dg.define_asset_job(
     "images",
     selection=dg.AssetSelection.assets(*(image.asset_key for image in images)),
     description="Builds and pushes images on Docker Build Cloud (a run request may select one).",
 )
 
-# Rented GPUs: the Lambda runner and its janitor when SOPHIA_LAMBDA_API_KEY is set.
-lambda_configured = bool(os.environ.get(API_KEY_ENV))
+# -- infrastructure stacks (infra/), each downstream of the image it deploys -------------------
 
-# Infrastructure stacks (infra/), each downstream of the image it deploys.
-stack_assets = [stack_asset(stack) for stack in STACKS]
 stacks_job = dg.define_asset_job(
     "stacks",
     selection=dg.AssetSelection.assets(*(stack.asset_key for stack in STACKS)),
     description="Deploys the Pulumi stacks (a run request may select one).",
 )
 
+# -- automation: outside events and declarative conditions -----------------------------------------
+
+# One Estuary sensor per embedding derivation, watching the collection it derives from.
+estuary_sensors = [
+    build_estuary_sensor(
+        translator.collection_key(c.derivation.transforms[0].source),
+        translator.collection_key(c.name),
+        embed_job,
+        name=None if len(derivations) == 1 else "estuary__" + c.name.replace("/", "__"),
+    )
+    for c in derivations
+]
 # n8n workflows from sensors/n8n_workflows.yaml: external assets, and a sensor when any.
 workflows = load_workflows(
     images=[image.name for image in images], stacks=[stack.name for stack in STACKS]
 )
+actions = [embed_job, reindex_job, drain_job, images_job, stacks_job]
+# Rented GPUs: the Lambda runner and its janitor when SOPHIA_LAMBDA_API_KEY is set.
+lambda_configured = bool(os.environ.get(API_KEY_ENV))
+# The index follows its vector updates; this sensor runs from the start (Dagster's default
+# automation sensor starts stopped).
+automation = dg.AutomationConditionSensorDefinition(
+    "sophia_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+)
+
+# -- resources ----------------------------------------------------------------------------------
 
 postgres = PostgresResource()
+resources = {
+    "postgres": postgres,
+    "flow_runtime": FlowRuntimeResource(postgres=postgres),
+    "embedder": embedder,
+    "gpu_runner": configured_runner(),
+    "vector_index": configured_index(postgres),
+    "image_builder": ImageBuilderResource.from_environment(),
+    "secret_store": SecretStoreResource(),
+    "pulumi_stacks": PulumiStacksResource(),
+    # With SOPHIA_ESC_ENVIRONMENT set, a run opens that Pulumi ESC environment once and takes
+    # its environmentVariables (the production URL and keys).
+    "esc": EscResource.from_environment(),
+    "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
+}
+
 defs = dg.Definitions(
     assets=[
         *captures,
         *derived,
         *indexes,
-        *(spec for key, spec in specs.items() if key not in computed),
-        *workflow_specs(workflows),
-        *image_assets,
-        *deployment,
-        capture_login,
+        *(spec for key, spec in specs.items() if key not in data_path),
+        *(image_asset(image) for image in images),
+        *([helm_values_asset(deployed.asset_key)] if deployed else []),
         n8n_image_spec(),
-        *stack_assets,
+        *(stack_asset(stack) for stack in STACKS),
+        capture_login,
+        *workflow_specs(workflows),
         *([gpu_instances_spec()] if lambda_configured else []),
     ],
     asset_checks=[
         *(latency_check(key) for key in sorted(captured)),
         *(coverage_check(catalog, key) for key in sorted(embedded)),
         *(
-            check(key, "/".join(next(iter(a.specs)).deps[0].asset_key.path))
-            for a in indexes
-            for key in a.keys
+            check(key, source, index_name)
+            for key, (source, index_name) in index_targets.items()
             for check in (consistency_check, dimension_check)
         ),
         *(check(image) for image in images for check in (dockerfile_check, matches_code_check)),
@@ -175,42 +221,10 @@ defs = dg.Definitions(
     ],
     schedules=[rotate_secrets_schedule],
     sensors=[
-        *(
-            build_estuary_sensor(key, next(iter(embedded)), embed_job)
-            for key in sorted(captured)
-            if embedded
-        ),
-        # The index follows its vector updates; the sensor runs from the start (Dagster's
-        # default automation sensor starts stopped).
-        *(
-            [
-                build_n8n_sensor(
-                    workflows, [embed_job, reindex_job, drain_job, images_job, stacks_job]
-                )
-            ]
-            if workflows
-            else []
-        ),
+        *estuary_sensors,
+        *([build_n8n_sensor(workflows, actions)] if workflows else []),
         *([build_janitor_sensor()] if lambda_configured else []),
-        dg.AutomationConditionSensorDefinition(
-            "sophia_automation",
-            target=dg.AssetSelection.all(),
-            default_status=dg.DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=5,
-        ),
+        automation,
     ],
-    resources={
-        "postgres": postgres,
-        "flow_runtime": FlowRuntimeResource(postgres=postgres),
-        "embedder": embedder,
-        "gpu_runner": configured_runner(),
-        "vector_index": configured_index(postgres),
-        "image_builder": ImageBuilderResource.from_environment(),
-        "secret_store": SecretStoreResource(),
-        "pulumi_stacks": PulumiStacksResource(),
-        # With SOPHIA_ESC_ENVIRONMENT set, a run opens that Pulumi ESC environment once and
-        # takes its environmentVariables (the production URL and keys).
-        "esc": EscResource.from_environment(),
-        "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
-    },
+    resources=resources,
 )

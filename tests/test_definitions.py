@@ -207,3 +207,75 @@ def test_rotation_runs_on_a_schedule_that_is_on_by_default() -> None:
     assert schedule.cron_schedule == "0 4 * * 1"
     job = defs.resolve_job_def("rotate_secrets")
     assert job.asset_layer.executable_asset_keys == {dg.AssetKey(["secrets", "postgres_capture"])}
+
+
+def _two_derivations_and_indexes(tmp_path: Path) -> Path:
+    """The extended catalog plus a second embedding derivation (of the comments) and a second
+    vector index fed by it."""
+    root = _extended_specs(tmp_path)
+    collections = root / "collections.flow.yaml"
+    doc = yaml.safe_load(collections.read_text())
+    derivation = dict(doc["collections"]["sophia/vector_updates"]["derive"])
+    derivation["transforms"] = [
+        {"name": "embedComments", "source": "sophia/comments_cdc", "shuffle": {"key": ["/id"]}}
+    ]
+    derivation["using"]["connector"]["config"]["textFields"] = ["text"]
+    doc["collections"]["sophia/comment_vectors"] = {
+        "schema": "schemas/vector_updates.schema.yaml",
+        "key": ["/embedding_id"],
+        "derive": derivation,
+    }
+    collections.write_text(yaml.safe_dump(doc, sort_keys=False))
+    materialization = root / "materialize-pinecone.flow.yaml"
+    doc = yaml.safe_load(materialization.read_text())
+    second = yaml.safe_load(yaml.safe_dump(doc["materializations"]["pinecone/vectors"]))
+    second["endpoint"]["connector"]["config"]["index"] = "sophia-comment-vectors"
+    second["bindings"][0]["source"] = "sophia/comment_vectors"
+    doc["materializations"]["pinecone/comments"] = second
+    materialization.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return root
+
+
+GRAPH_REPORT = """
+import json
+from sophia_assets.definitions import defs
+graph = defs.resolve_asset_graph()
+report = {
+    "parents": {
+        k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
+        for k in graph.materializable_asset_keys
+    },
+    "sensors": {
+        s.name: [k.to_user_string() for k in s.asset_selection.resolve(graph)]
+        if s.asset_selection else None
+        for s in defs.sensors if s.name.startswith("estuary")
+    },
+    "checks": sorted(k.asset_key.to_user_string() + ":" + k.name for k in graph.asset_check_keys),
+}
+print(json.dumps(report))
+"""
+
+
+def test_two_derivations_and_two_indexes_build_their_own_graph_and_sensors(
+    tmp_path: Path,
+) -> None:
+    """The catalog says what each collection is: every embedding derivation gets its asset
+    and its own Estuary sensor, every vector index its asset and checks, wired to its source."""
+    import json
+
+    root = _two_derivations_and_indexes(tmp_path)
+    result = run_python(GRAPH_REPORT, env={"SOPHIA_FLOW_SPECS": str(root)})
+    report = json.loads(result.stdout.splitlines()[-1])
+    parents = report["parents"]
+    assert parents["sophia/comment_vectors"] == ["sophia/comments_cdc"]
+    assert parents["sophia/vector_updates"] == ["sophia/postgresql_cdc"]
+    assert parents["pinecone/sophia-comment-vectors"] == ["sophia/comment_vectors"]
+    assert parents["pinecone/sophia-ai-vectors"] == ["sophia/vector_updates"]
+    assert sorted(report["sensors"]) == [
+        "estuary__sophia__comment_vectors",
+        "estuary__sophia__vector_updates",
+    ]
+    for name in ("comment_vectors", "vector_updates"):
+        assert f"sophia/{name}:embedding_coverage" in report["checks"]
+    for index in ("sophia-ai-vectors", "sophia-comment-vectors"):
+        assert f"pinecone/{index}:index_consistency" in report["checks"]

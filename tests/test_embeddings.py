@@ -208,8 +208,8 @@ def test_checks_pass_on_a_synced_index_and_fail_on_drift(source: str, catalog, e
     index_key = dg.AssetKey(["pinecone", "sophia-ai-vectors"])
     checks = [
         coverage_check(catalog, updates_key),
-        consistency_check(index_key, UPDATES),
-        dimension_check(index_key, UPDATES),
+        consistency_check(index_key, UPDATES, "sophia-ai-vectors"),
+        dimension_check(index_key, UPDATES, "sophia-ai-vectors"),
     ]
     postgres = PostgresResource(url_env=SOURCE_URL_ENV)
     resources = {

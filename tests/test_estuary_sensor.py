@@ -72,6 +72,7 @@ def test_reports_progress_and_requests_runs_by_batch_size(source, capture) -> No
         assert third.asset_events[0].metadata["latency_p99_ms"].value > 0
         (request,) = third.run_requests
         assert request.run_key == "embed:0-5" and request.tags["sophia/runner"] == "local"
+        assert request.asset_selection == [UPDATES_KEY]  # its own derivation, nothing else
 
         # A daemon restarted with the stored cursor neither re-reports nor loses the request.
         again, _ = _tick(sensor, instance, cursor)

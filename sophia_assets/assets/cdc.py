@@ -5,7 +5,6 @@ import dagster as dg
 
 from resources.flow_runtime import FlowRuntimeResource
 from sophia_assets.catalog.model import Capture, Catalog
-from sophia_assets.freshness import FRESHNESS
 
 
 def capture_asset(
@@ -17,7 +16,7 @@ def capture_asset(
 
     @dg.multi_asset(
         name=f"capture__{name}",
-        specs=[specs[key].replace_attributes(freshness_policy=FRESHNESS) for key in keys],
+        specs=[specs[key] for key in keys],
         description=f"Drains capture {capture.name}: backfill, then every change up to now.",
     )
     def _capture(context: dg.AssetExecutionContext, flow_runtime: FlowRuntimeResource):

@@ -82,8 +82,9 @@ def vector_updates_asset(
     return _embed
 
 
-def vector_index_asset(spec: dg.AssetSpec, source: str) -> dg.AssetsDefinition:
-    """Applies the vector updates, in journal order, to the configured index."""
+def vector_index_asset(spec: dg.AssetSpec, source: str, index_name: str) -> dg.AssetsDefinition:
+    """Applies the vector updates of `source`, in journal order, to index `index_name` on the
+    configured backend."""
 
     @dg.multi_asset(name="index__" + "__".join(spec.key.path).replace("-", "_"), specs=[spec])
     def _index(
@@ -93,7 +94,7 @@ def vector_index_asset(spec: dg.AssetSpec, source: str) -> dg.AssetsDefinition:
     ):
         from sophia_assets.embedding.index_sync import sync_index
 
-        index = vector_index.open()
+        index = vector_index.open(index_name)
         report = sync_index(
             index,
             postgres.url(),

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# What a connector is, by its name (the image without registry, path and tag): the embedding
+# derivation's connector, and the materializations whose targets are vector indexes.
+EMBEDDING_CONNECTOR = "derive-embeddings"
+VECTOR_INDEX_CONNECTORS = frozenset({"materialize-pinecone"})
+
 
 @dataclass(frozen=True)
 class Connector:
@@ -43,6 +48,18 @@ class Derivation:
     using: dict[str, Any]
     transforms: tuple[Transform, ...]
 
+    @property
+    def connector(self) -> Connector | None:
+        spec = self.using.get("connector")
+        if not isinstance(spec, dict) or "image" not in spec:
+            return None
+        return Connector(str(spec["image"]), dict(spec.get("config") or {}))
+
+    @property
+    def embeds(self) -> bool:
+        """Whether this derivation computes embeddings (its connector is ours)."""
+        return self.connector is not None and self.connector.name == EMBEDDING_CONNECTOR
+
 
 @dataclass(frozen=True)
 class Collection:
@@ -57,6 +74,10 @@ class Collection:
     def description(self) -> str | None:
         return self.schema.get("description") or self.schema.get("title")
 
+    @property
+    def is_embedding_derivation(self) -> bool:
+        return self.derivation is not None and self.derivation.embeds
+
 
 @dataclass(frozen=True)
 class MaterializationBinding:
@@ -70,6 +91,20 @@ class Materialization:
     file: Path
     connector: Connector
     bindings: tuple[MaterializationBinding, ...]
+
+    @property
+    def is_vector_index(self) -> bool:
+        return self.connector.name in VECTOR_INDEX_CONNECTORS
+
+    def index_name(self, binding: MaterializationBinding) -> str:
+        """The index (or table) a binding writes: the endpoint's `index`, else the binding's
+        `table`/`index`, else the materialization's last name segment."""
+        return str(
+            self.connector.config.get("index")
+            or binding.resource.get("table")
+            or binding.resource.get("index")
+            or self.name.rsplit("/", 1)[-1]
+        )
 
 
 @dataclass(frozen=True)
@@ -86,4 +121,17 @@ class Catalog:
             for capture in self.captures.values()
             for binding in capture.bindings
             if binding.target == collection
+        ]
+
+    def embedding_derivations(self) -> list[Collection]:
+        """Collections derived by the embedding connector, in catalog order."""
+        return [c for c in self.collections.values() if c.is_embedding_derivation]
+
+    def vector_index_bindings(self) -> list[tuple[Materialization, MaterializationBinding]]:
+        """Bindings of materializations into vector indexes, in catalog order."""
+        return [
+            (materialization, binding)
+            for materialization in self.materializations.values()
+            if materialization.is_vector_index
+            for binding in materialization.bindings
         ]

@@ -25,8 +25,6 @@ from sophia_assets.catalog.model import (
 )
 
 OWNER = "team:data-platform"
-# Connectors whose targets are vector indexes: pgvector locally, the named service in production.
-VECTOR_STORES = frozenset({"materialize-pinecone"})
 _JSON_TO_COLUMN_TYPE = {
     "integer": "bigint",
     "number": "double",
@@ -61,14 +59,7 @@ class FlowTranslator:
         """`materialize-pinecone` into index `sophia-ai-vectors` -> `pinecone/sophia-ai-vectors`.
         Bindings into one index (e.g. several namespaces) share the asset."""
         system = materialization.connector.name.removeprefix("materialize-")
-        config = materialization.connector.config
-        target = (
-            config.get("index")
-            or binding.resource.get("table")
-            or binding.resource.get("index")
-            or materialization.name.rsplit("/", 1)[-1]
-        )
-        return dg.AssetKey([system, str(target)])
+        return dg.AssetKey([system, materialization.index_name(binding)])
 
     # -- specs ------------------------------------------------------------------------------
 
@@ -100,10 +91,10 @@ class FlowTranslator:
             self.collection_key(t.source)
             for t in (collection.derivation.transforms if collection.derivation else ())
         ]
-        if collection.derivation:
-            image = collection.derivation.using.get("connector", {}).get("image", "")
-            group = "embeddings" if "embed" in image else "derivations"
-            kinds = {"estuary", "torch"} if group == "embeddings" else {"estuary"}
+        if collection.is_embedding_derivation:
+            group, kinds = "embeddings", {"estuary", "torch"}
+        elif collection.derivation:
+            group, kinds = "derivations", {"estuary"}
         else:
             group, kinds = "cdc", {"estuary"}
         return dg.AssetSpec(
@@ -126,7 +117,7 @@ class FlowTranslator:
     ) -> dg.AssetSpec:
         connector = materialization.connector
         key = self.target_key(materialization, bindings[0])
-        vector_store = connector.name in VECTOR_STORES
+        vector_store = materialization.is_vector_index
         sources = ", ".join(sorted({b.source for b in bindings}))
         return dg.AssetSpec(
             key=key,

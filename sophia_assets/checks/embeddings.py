@@ -2,8 +2,6 @@
 current model and content), consistency (the index holds exactly the live vector ids), and
 the vectors' dimension. Each reports its figures; each fails when its figure is off."""
 
-import hashlib
-
 import dagster as dg
 import orjson
 
@@ -11,6 +9,7 @@ from resources.embedder import EmbedderResource
 from resources.postgres import PostgresResource
 from resources.vector_index import VectorIndexResource
 from sophia_assets.catalog.model import Catalog
+from sophia_assets.embedding.text_rule import TextRule
 
 
 def _rows(postgres: PostgresResource, statement: str, params: tuple) -> list[tuple]:
@@ -26,10 +25,7 @@ def _rows(postgres: PostgresResource, statement: str, params: tuple) -> list[tup
 def coverage_check(catalog: Catalog, updates_key: dg.AssetKey) -> dg.AssetChecksDefinition:
     derived = catalog.collections["/".join(updates_key.path)]
     source = derived.derivation.transforms[0].source
-    fields = derived.derivation.using.get("connector", {}).get("config", {}).get("textFields") or [
-        "title",
-        "body",
-    ]
+    rule = TextRule.of(derived.derivation)
     task = f"derive:{derived.name}"
 
     @dg.asset_check(
@@ -58,12 +54,11 @@ def coverage_check(catalog: Catalog, updates_key: dg.AssetKey) -> dg.AssetChecks
         for key_text, document_text in live:
             document = orjson.loads(document_text)
             key = str(orjson.loads(key_text)[0])
-            text = "\n\n".join(str(document[f]) for f in fields if document.get(f))
             if key not in state:
                 missing += 1
             elif state[key][1] != model:
                 stale_model += 1
-            elif state[key][0] != hashlib.sha256(text.encode()).hexdigest():
+            elif state[key][0] != rule.content_hash(rule.text(document)):
                 stale_content += 1
         covered = len(live) - missing - stale_model - stale_content
         return dg.AssetCheckResult(
@@ -82,7 +77,9 @@ def coverage_check(catalog: Catalog, updates_key: dg.AssetKey) -> dg.AssetChecks
     return _coverage
 
 
-def consistency_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDefinition:
+def consistency_check(
+    index_key: dg.AssetKey, updates: str, index_name: str
+) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=index_key,
         name="index_consistency",
@@ -98,7 +95,7 @@ def consistency_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDef
                 postgres, "SELECT key::text FROM flow.reduced WHERE collection = %s", (updates,)
             )
         }
-        indexed = vector_index.open().ids()
+        indexed = vector_index.open(index_name).ids()
         orphans, missing = indexed - live, live - indexed
         return dg.AssetCheckResult(
             passed=not orphans and not missing,
@@ -115,7 +112,9 @@ def consistency_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDef
     return _consistency
 
 
-def dimension_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDefinition:
+def dimension_check(
+    index_key: dg.AssetKey, updates: str, index_name: str
+) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=index_key,
         name="vector_dimension",
@@ -135,7 +134,7 @@ def dimension_check(index_key: dg.AssetKey, updates: str) -> dg.AssetChecksDefin
             )
             if n is not None
         }
-        index_dimension = vector_index.open().stats().dimension
+        index_dimension = vector_index.open(index_name).stats().dimension
         return dg.AssetCheckResult(
             passed=lengths <= {expected} and index_dimension in (None, expected),
             metadata={

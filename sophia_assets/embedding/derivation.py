@@ -10,7 +10,6 @@ source offset commit in one transaction: a run killed mid-way redoes the batch, 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import orjson
 import psycopg2
 
 from sophia_assets.catalog.model import Catalog, Collection
+from sophia_assets.embedding.text_rule import TextRule
 from sophia_assets.flow import journal
 from sophia_assets.flow.bindings import FORMATS, validation_schema
 from sophia_assets.flow.capture import Change
@@ -78,8 +78,7 @@ class VectorUpdates:
             raise ValueError(f"collection {collection} has no `derive` in flow_specs/")
         self.derived = derived
         self.source = catalog.collections[derived.derivation.transforms[0].source]
-        config = derived.derivation.using.get("connector", {}).get("config", {})
-        self.text_fields = list(config.get("textFields") or ["title", "body"])
+        self.text_rule = TextRule.of(derived.derivation)
         self.task = f"derive:{collection}"
         self.journal_url = journal_url
         self.embedder_factory = embedder_factory
@@ -152,10 +151,8 @@ class VectorUpdates:
                     if previous:
                         changes += self._tombstones(item, 0, previous[1])
                     continue
-                item.text = "\n\n".join(
-                    str(item.document[f]) for f in self.text_fields if item.document.get(f)
-                )
-                item.content_hash = hashlib.sha256(item.text.encode()).hexdigest()
+                item.text = self.text_rule.text(item.document)
+                item.content_hash = self.text_rule.content_hash(item.text)
                 if previous and previous[0] == item.content_hash and previous[2] == model:
                     report.unchanged_documents += 1
                     continue

@@ -14,7 +14,6 @@ formed from texts sorted by length, so little compute goes to padding.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -85,12 +84,9 @@ class ModelCard:
     @cached_property
     def weights_digest(self) -> str:
         """sha256 over the weight files, so a change of weights changes the code version."""
-        digest = hashlib.sha256()
-        for file in sorted(self.path.glob("*.safetensors")) + sorted(self.path.glob("*.bin")):
-            with open(file, "rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-        return digest.hexdigest()
+        from sophia_assets.embedding.weights import weights_digest
+
+        return weights_digest(self.path)
 
     @property
     def version(self) -> str:

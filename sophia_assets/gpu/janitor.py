@@ -14,15 +14,9 @@ import dagster as dg
 
 from sophia_assets.gpu.lambda_api import Instance
 from sophia_assets.gpu.session import GONE, OURS_TAG, RUN_TAG
+from sophia_assets.run_status import IN_FLIGHT
 
 HEARTBEAT_TAG = "sophia/lambda_heartbeat"
-IN_FLIGHT = {
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-}
 
 
 @dataclass(frozen=True)

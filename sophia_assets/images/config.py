@@ -22,7 +22,13 @@ _FIELDS = {
     "platforms",
     "rebuild_on_change",
     "description",
+    "runs",
 }
+# What an image runs (`runs:` in images.yaml): the Dagster deployment's code location (the
+# image the Helm values pin), or the GPU embedding entrypoint.
+CODE_LOCATION = "code-location"
+GPU_EMBEDDING = "gpu-embedding"
+ROLES = (CODE_LOCATION, GPU_EMBEDDING)
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class ImageConfig:
     platforms: tuple[str, ...] = ("linux/amd64",)
     rebuild_on_change: bool = False
     description: str = ""
+    runs: str | None = None
 
     @property
     def asset_key(self) -> dg.AssetKey:
@@ -63,6 +70,8 @@ def load_images(path: Path | None = None) -> list[ImageConfig]:
         dockerfile = (root / entry["dockerfile"]).resolve()
         if not dockerfile.is_file():
             raise ValueError(f"{where}.dockerfile: {dockerfile} does not exist")
+        if entry.get("runs") not in (None, *ROLES):
+            raise ValueError(f"{where}.runs: {entry['runs']!r} is not one of {', '.join(ROLES)}")
         images.append(
             ImageConfig(
                 name=str(entry["name"]),
@@ -73,10 +82,19 @@ def load_images(path: Path | None = None) -> list[ImageConfig]:
                 platforms=tuple(entry.get("platforms") or ("linux/amd64",)),
                 rebuild_on_change=bool(entry.get("rebuild_on_change", False)),
                 description=str(entry.get("description", "")),
+                runs=entry.get("runs"),
             )
         )
     names = [i.name for i in images]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
         raise ValueError(f"{path}: image names must be unique; repeated: {sorted(duplicated)}")
+    deployed = [i.name for i in images if i.runs == CODE_LOCATION]
+    if len(deployed) > 1:
+        raise ValueError(f"{path}: only one image may run the code location; found {deployed}")
     return images
+
+
+def deployment_image(images: list[ImageConfig]) -> ImageConfig | None:
+    """The image the Dagster deployment runs (code server and runs), if one is declared."""
+    return next((i for i in images if i.runs == CODE_LOCATION), None)
