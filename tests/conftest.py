@@ -15,6 +15,17 @@ from tests.support import postgres as test_postgres
 from tests.support.images import PROJECT, STUB
 from tests.support.postgres import SOURCE_URL_ENV, embedded
 
+# A test that needs the embedded server is slow, whichever module it is in.
+DATABASE_FIXTURES = {"postgres_url", "shared_home", "source", "clean_documents"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_embedded_servers() -> Iterator[None]:

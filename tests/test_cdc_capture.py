@@ -20,6 +20,8 @@ from tests.support.cdc import (
     sql,
 )
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def catalog(tmp_path: Path):

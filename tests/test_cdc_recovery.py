@@ -30,6 +30,8 @@ from tests.support.cdc import (
 )
 from tests.support.postgres import embedded
 
+pytestmark = pytest.mark.slow
+
 
 class Workload(threading.Thread):
     """Random application writes until stopped: single and multi-row transactions, updates

@@ -100,6 +100,11 @@ def test_only_what_has_compute_materializes(asset_graph) -> None:
     assert asset_graph.external_asset_keys == {SOURCE, N8N_IMAGE}
 
 
+def test_freshness_policy_covers_exactly_the_data_path(asset_graph) -> None:
+    fresh = {k for k in asset_graph.get_all_asset_keys() if asset_graph.get(k).freshness_policy}
+    assert fresh == {CDC, UPDATES, INDEX}
+
+
 def test_image_code_version_is_its_context_digest(asset_graph) -> None:
     from sophia_assets.images.config import load_images
 

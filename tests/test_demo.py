@@ -14,6 +14,8 @@ from sophia_assets.demo.load import apply_load
 from sophia_assets.demo.seed import seed_documents
 from tests.support.processes import run_sophia
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="session")
 def corpus(shared_home: Path):

@@ -157,7 +157,7 @@ def test_helm_values_agree_with_the_instance_and_workspace() -> None:
     assert coordinator["type"] == "QueuedRunCoordinator"
     assert coordinator["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"] == LIMITS
     root = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    assert root["run_coordinator"]["config"]["tag_concurrency_limits"] == LIMITS
+    assert root["run_queue"]["tag_concurrency_limits"] == LIMITS
     assert values["dagsterDaemon"]["runMonitoring"]["enabled"] is True
     assert values["postgresql"]["enabled"] is False
 

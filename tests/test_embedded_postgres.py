@@ -19,6 +19,9 @@ from sophia_assets.postgres.embedded_server import (
 from tests.support.postgres import embedded
 from tests.support.processes import run_python
 
+pytestmark = pytest.mark.slow
+
+
 ENSURE_AND_REPORT = (
     "import json, os; from pathlib import Path;"
     "from sophia_assets.postgres.embedded_server import EmbeddedPostgres;"

@@ -23,6 +23,9 @@ from sophia_assets.vectors import VectorIndex
 from tests.support.cdc import catalog_copy, load, runner, sql
 from tests.support.postgres import SOURCE_URL_ENV
 
+pytestmark = pytest.mark.slow
+
+
 UPDATES = "sophia/vector_updates"
 
 

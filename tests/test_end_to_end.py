@@ -13,9 +13,13 @@ import time
 from pathlib import Path
 
 import psycopg2
+import pytest
 
 from tests.support.cdc import catalog_copy, drop_database, new_database, sql
 from tests.support.paths import REPO
+
+pytestmark = pytest.mark.e2e
+
 
 TIMEOUT_S = 240
 

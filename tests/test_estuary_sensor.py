@@ -14,6 +14,9 @@ from sensors.estuary import Thresholds, build_estuary_sensor
 from tests.support.cdc import catalog_copy, load, runner, sql
 from tests.support.postgres import SOURCE_URL_ENV
 
+pytestmark = pytest.mark.slow
+
+
 CDC_KEY = dg.AssetKey(["sophia", "postgresql_cdc"])
 UPDATES_KEY = dg.AssetKey(["sophia", "vector_updates"])
 EMBED_JOB = dg.define_asset_job("embed", selection=[UPDATES_KEY])

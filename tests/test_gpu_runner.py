@@ -33,6 +33,9 @@ from tests.support.paths import REPO
 from tests.support.postgres import SOURCE_URL_ENV
 from tests.support.sshd import LoopbackSshd, SshdUnavailable
 
+pytestmark = pytest.mark.slow
+
+
 ENTRYPOINT = "sophia_assets.embedding.entrypoint"
 
 

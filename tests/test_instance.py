@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
 from tests.support.paths import REPO
 from tests.support.postgres import embedded
 from tests.support.processes import run_sophia
+
+pytestmark = pytest.mark.slow
 
 
 def _instance_in(cwd: Path, monkeypatch) -> dg.DagsterInstance:

@@ -36,6 +36,8 @@ from tests.support.cdc import (
 from tests.support.postgres import SOURCE_URL_ENV
 from tests.support.processes import run_sophia
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def catalog(tmp_path: Path):

@@ -16,6 +16,9 @@ import pytest
 
 from tests.support.paths import REPO
 
+pytestmark = pytest.mark.e2e
+
+
 LOCATION_STATUS = """
 { workspaceOrError { ... on Workspace { locationEntries { name loadStatus
     locationOrLoadError { __typename ... on PythonError { message } } } } } }
