@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from sophia_assets.backoff import Backoff
 from sophia_assets.gpu.clock import Clock, SystemClock
 
 API_URL = "https://cloud.lambda.ai"
@@ -202,7 +203,7 @@ class LambdaCloud:
     # -- transport ----------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        delay = self.request_interval_s
+        backoff = Backoff(self.request_interval_s, 30.0)
         for attempt in range(RETRIES + 1):
             self._pace()
             try:
@@ -218,8 +219,7 @@ class LambdaCloud:
                     raise error
                 if attempt == RETRIES:
                     raise error
-            self.clock.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            self.clock.sleep(backoff.next_delay())
         raise AssertionError("unreachable")
 
     def _pace(self) -> None:
