@@ -39,7 +39,7 @@ def searcher():
     from resources.vector_index import configured_index
     from sophia_assets.embedding.search import Search
 
-    return Search(EmbedderResource().load(), configured_index(PostgresResource()))
+    return Search(EmbedderResource().load(), configured_index(PostgresResource()).open())
 
 
 def print_results(results) -> None:
