@@ -2,9 +2,10 @@
 rest of the local state (DAGSTER_HOME, when set, wins).
 
 The instance's settings (run queue limits, telemetry) are the root `dagster.yaml`'s; they are
-copied into the instance folder, where Dagster reads them, without its `storage` section, which
-only tells a plain `dagster dev` in the repository root where the default instance keeps its
-storage. With another SOPHIA_HOME, `DAGSTER_HOME=$SOPHIA_HOME/dagster dagster dev` shows it.
+copied into the instance folder, where Dagster reads them, with storage at
+`$SOPHIA_HOME/dagster/storage`: where the root file's relative `storage` points a plain
+`dagster dev` in the repository root for the default SOPHIA_HOME. With another SOPHIA_HOME,
+`DAGSTER_HOME=$SOPHIA_HOME/dagster dagster dev` shows it.
 """
 
 import os
@@ -27,10 +28,10 @@ def local_instance() -> dg.DagsterInstance:
 
 
 def write_settings(home: Path) -> None:
-    """`home`/dagster.yaml: the root settings, storage left to Dagster's default under `home`.
-    Written through a temporary file, so a concurrent reader never sees half a file."""
+    """`home`/dagster.yaml: the root settings, storage under `home`/storage. Written through a
+    temporary file, so a concurrent reader never sees half a file."""
     settings = yaml.safe_load(SETTINGS.read_text()) or {}
-    settings.pop("storage", None)
+    settings["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
     text = "# Written by sophia from the repository's dagster.yaml; edit that file.\n"
     text += yaml.safe_dump(settings, sort_keys=False)
     target = home / "dagster.yaml"
