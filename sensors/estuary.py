@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from resources.postgres import PostgresResource
+from sophia_assets.flow.tasks import derivation_task
 from sophia_assets.run_status import IN_FLIGHT
 
 
@@ -59,7 +60,7 @@ def read_progress(
                 return Progress(-1, -1, None, 0, None, None)
             cur.execute(
                 "SELECT (state->>'offset')::bigint FROM flow.checkpoints WHERE task = %s",
-                (f"derive:{derivation}",),
+                (derivation_task(derivation),),
             )
             row = cur.fetchone()
             derived = row[0] if row else -1

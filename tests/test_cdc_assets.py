@@ -51,16 +51,20 @@ def test_materializing_the_collection_drains_the_capture(source: str, tmp_path: 
 
 
 def _journal_rows_with_latency(url: str, milliseconds: list[float]) -> None:
-    """Journal rows whose source commit lies `ms` before this transaction's commit."""
+    """Journal rows whose source commit lies `ms` before this transaction's commit. One
+    statement in an autocommit transaction, so the commit follows `now()` by well under a
+    millisecond even on a loaded machine (a hundred round trips once took tens of ms)."""
     conn = __import__("psycopg2").connect(url)
     journal.ensure_schema(conn)
-    with conn, conn.cursor() as cur:
-        for offset, ms in enumerate(milliseconds):
-            cur.execute(
-                'INSERT INTO flow.journal (collection, "offset", key, document, commit_lsn, '
-                "source_ts) VALUES (%s, %s, %s, '{}', '0/1', now() - make_interval(secs => %s))",
-                (COLLECTION, offset, f"[{offset}]", ms / 1000),
-            )
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            'INSERT INTO flow.journal (collection, "offset", key, document, commit_lsn, source_ts) '
+            "SELECT %s, n - 1, jsonb_build_array(n - 1), '{}', '0/1', "
+            "now() - make_interval(secs => ms / 1000) "
+            "FROM unnest(%s::float8[]) WITH ORDINALITY AS t(ms, n)",
+            (COLLECTION, milliseconds),
+        )
     conn.close()
 
 

@@ -10,6 +10,7 @@ from resources.postgres import PostgresResource
 from resources.vector_index import VectorIndexResource
 from sophia_assets.catalog.model import Catalog
 from sophia_assets.embedding.text_rule import TextRule
+from sophia_assets.flow.tasks import derivation_task
 
 
 def _rows(postgres: PostgresResource, statement: str, params: tuple) -> list[tuple]:
@@ -26,7 +27,7 @@ def coverage_check(catalog: Catalog, updates_key: dg.AssetKey) -> dg.AssetChecks
     derived = catalog.collections["/".join(updates_key.path)]
     source = derived.derivation.transforms[0].source
     rule = TextRule.of(derived.derivation)
-    task = f"derive:{derived.name}"
+    task = derivation_task(derived.name)
 
     @dg.asset_check(
         asset=updates_key,

@@ -97,9 +97,10 @@ def capture_runners(on_batch=None):
     """One runner per capture this runtime can run; journals go to the platform's Postgres."""
     from sophia_assets.catalog import load_catalog
     from sophia_assets.flow.capture import CaptureRunner
-    from sophia_assets.flow.runtime import runnable_captures, source_for
+    from sophia_assets.flow.runtime import runnable_captures
     from sophia_assets.home import flow_specs_dir
     from sophia_assets.postgres.embedded_server import postgres_url
+    from sophia_assets.secrets.rotated_login import source_for
 
     catalog = load_catalog(flow_specs_dir())
     platform = postgres_url()

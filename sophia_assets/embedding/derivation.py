@@ -24,8 +24,9 @@ from sophia_assets.catalog.model import Catalog, Collection
 from sophia_assets.embedding.text_rule import TextRule
 from sophia_assets.flow import journal
 from sophia_assets.flow.bindings import FORMATS, validation_schema
-from sophia_assets.flow.capture import Change
+from sophia_assets.flow.documents import Change, derived, is_delete, source_of
 from sophia_assets.flow.reduce import Reducer
+from sophia_assets.flow.tasks import derivation_task
 from sophia_assets.flow.writer import CollectionFigures, write_changes
 
 log = logging.getLogger("sophia.embedding")
@@ -79,7 +80,7 @@ class VectorUpdates:
         self.derived = derived
         self.source = catalog.collections[derived.derivation.transforms[0].source]
         self.text_rule = TextRule.of(derived.derivation)
-        self.task = f"derive:{collection}"
+        self.task = derivation_task(collection)
         self.journal_url = journal_url
         self.embedder_factory = embedder_factory
         self.batch_documents = batch_documents
@@ -132,8 +133,7 @@ class VectorUpdates:
         for _, document in rows:
             key_value = _key_value(document, self.source.key)
             key = str(key_value)
-            meta = document.get("_meta") or {}
-            latest[key] = Pending(key, key_value, document, meta.get("op") == "d")
+            latest[key] = Pending(key, key_value, document, is_delete(document))
         report.source_documents += len(rows)
         model = embedder.card.version
         with conn.cursor() as cur:
@@ -184,8 +184,7 @@ class VectorUpdates:
         return next_offset
 
     def _vector(self, item: Pending, chunk: int, vector: list[float], model: str) -> Change:
-        meta = item.document.get("_meta") or {}
-        ts = (meta.get("source") or {}).get("ts_ms")
+        ts = source_of(item.document).get("ts_ms")
         document = {
             "embedding_id": f"{item.key}:{chunk}",
             "vector": vector,
@@ -197,8 +196,8 @@ class VectorUpdates:
                 "model": model,
                 "source_ts_ms": ts,
             },
-            "_meta": {"op": "c"},
         }
+        derived(document, "c")
         return Change(self.target, "c", _key(document["embedding_id"]), document, (), ts, 0)
 
     def _tombstones(self, item: Pending, first: int, end: int) -> list[Change]:
@@ -207,7 +206,7 @@ class VectorUpdates:
                 self.target,
                 "d",
                 _key(f"{item.key}:{n}"),
-                {"embedding_id": f"{item.key}:{n}", "_meta": {"op": "d"}},
+                derived({"embedding_id": f"{item.key}:{n}"}, "d"),
                 (),
                 None,
                 0,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import psycopg2
 
 from sophia_assets.flow import journal
+from sophia_assets.flow.documents import is_delete
 from sophia_assets.vectors import VectorIndex, VectorRecord
 
 BATCH_DOCUMENTS = 1000
@@ -48,9 +49,9 @@ def sync_index(
             upserts = [
                 VectorRecord(i, d["vector"], d.get("metadata") or {})
                 for i, d in latest.items()
-                if (d.get("_meta") or {}).get("op") != "d"
+                if not is_delete(d)
             ]
-            deletes = [i for i, d in latest.items() if (d.get("_meta") or {}).get("op") == "d"]
+            deletes = [i for i, d in latest.items() if is_delete(d)]
             index.apply(upserts, deletes, rows[-1][0])
             report.applied_offset = rows[-1][0]
             report.upserts += len(upserts)

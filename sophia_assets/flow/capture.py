@@ -25,7 +25,6 @@ import logging
 import select
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +33,28 @@ import orjson
 import psycopg2
 import psycopg2.extras
 
+from sophia_assets.backoff import Backoff
 from sophia_assets.catalog.model import Capture, Catalog
 from sophia_assets.flow import journal, pgoutput
+from sophia_assets.flow.backfill import Chunk, present_keys, read_chunk, write_watermark
 from sophia_assets.flow.bindings import Binding, capture_bindings, capture_settings
 from sophia_assets.flow.credentials import FixedLogin, SourceLogin
-from sophia_assets.flow.pgoutput import UNCHANGED, lsn_int, lsn_text
+from sophia_assets.flow.documents import (
+    Change,
+    Location,
+    as_snapshot,
+    key_text,
+    located,
+    with_meta,
+)
+from sophia_assets.flow.pgoutput import lsn_int, lsn_text
+from sophia_assets.flow.replication import (
+    RelationPlan,
+    Transaction,
+    connection_lost,
+    decode_row,
+    relation_plan,
+)
 from sophia_assets.flow.source import (
     SourceError,
     SourceTable,
@@ -50,7 +66,7 @@ from sophia_assets.flow.source import (
     ensure_watermarks_table,
     slot_status,
 )
-from sophia_assets.flow.values import Converter, converter
+from sophia_assets.flow.tasks import capture_lock
 from sophia_assets.flow.writer import Batch, CollectionFigures, JournalWriter
 
 log = logging.getLogger("sophia.flow")
@@ -83,45 +99,6 @@ class CaptureReport:
     @property
     def documents(self) -> int:
         return sum(c.documents for c in self.collections.values())
-
-
-@dataclass(slots=True)
-class Change:
-    binding: Binding
-    op: str  # c, u, d
-    key: str
-    document: dict[str, Any]
-    unchanged: tuple[str, ...]  # columns whose unchanged TOASTed value must be carried over
-    source_ts_ms: int | None
-    commit_lsn: int
-
-
-@dataclass(frozen=True)
-class RelationPlan:
-    """How to turn a relation's tuples into documents; rebuilt on every Relation message, so
-    a table altered while captured is read with its new columns."""
-
-    relation: pgoutput.Relation
-    binding: Binding | None
-    names: tuple[str, ...]
-    converters: tuple[Converter, ...]
-    key_index: tuple[int, ...]
-
-
-@dataclass
-class Chunk:
-    binding: Binding
-    high: tuple | None  # last key of the chunk; None when it runs to the end of the table
-    rows: dict[str, tuple[tuple, dict[str, Any]]]  # key -> (key values, document)
-    watermark: str
-
-
-@dataclass
-class Transaction:
-    begin: pgoutput.Begin
-    skip: bool
-    changes: list[Change] = field(default_factory=list)
-    marks: list[str] = field(default_factory=list)
 
 
 class CaptureRunner:
@@ -161,24 +138,25 @@ class CaptureRunner:
     def serve(self, stop: threading.Event, reconnect_backoff_s: float = 0.5) -> CaptureReport:
         """Captures until `stop` is set; reconnects and resumes when a connection drops."""
         self.report = CaptureReport(task=self.settings.task)
-        delay = reconnect_backoff_s
+        backoff = Backoff(reconnect_backoff_s, 5.0)
         while not stop.is_set():
             try:
                 return self._run(stop=stop)
             except LoginRotated as rotated:
                 log.info("capture %s: %s; reconnecting", self.settings.task, rotated)
-                delay = reconnect_backoff_s
+                backoff.reset()
                 continue
             except CaptureBusy:
                 # A drain (or another serve) holds the capture; take over when it lets go.
                 log.info("capture %s is busy in another process; retrying", self.settings.task)
-                stop.wait(delay)
+                stop.wait(reconnect_backoff_s)
                 continue
             except psycopg2.Error as err:
-                if not _connection_lost(err):
+                if not connection_lost(err):
                     raise
                 if stop.is_set():
                     break
+                delay = backoff.next_delay()
                 log.warning(
                     "capture %s lost its connection (%s); reconnecting in %.1f s",
                     self.settings.task,
@@ -186,7 +164,6 @@ class CaptureRunner:
                     delay,
                 )
                 stop.wait(delay)
-                delay = min(delay * 2, 5.0)
         return self.report
 
     # -- one connected run ------------------------------------------------------------------
@@ -241,13 +218,13 @@ class CaptureRunner:
             while time.monotonic() < deadline:
                 if time.monotonic() >= next_mark:
                     with source.cursor() as cur:
-                        _write_watermark(cur, self.settings, "drain")
+                        write_watermark(cur, self.settings, "drain")
                     next_mark = time.monotonic() + 1.0
                 with jconn, jconn.cursor() as cur:
                     checkpoint = journal.load_checkpoint(cur, self.settings.task)
                     cur.execute(
                         "SELECT pg_try_advisory_xact_lock(hashtext(%s))",
-                        (f"flow.capture:{self.settings.task}",),
+                        (capture_lock(self.settings.task),),
                     )
                     serve_gone = cur.fetchone()[0]
                 if serve_gone:  # the serving process stopped: drain ourselves
@@ -264,27 +241,6 @@ class CaptureRunner:
         finally:
             source.close()
             jconn.close()
-
-
-def _connection_lost(err: psycopg2.Error) -> bool:
-    """A lost connection or stream (server restart, network), as opposed to an error the
-    server raised about our statements, which reconnecting would only repeat."""
-    if isinstance(err, psycopg2.OperationalError | psycopg2.InterfaceError):
-        return True
-    code = err.pgcode or ""
-    # No code: the client lost the stream ("no COPY in progress"); 08: connection exception;
-    # 57P: the server is shutting down or restarting.
-    return code == "" or code.startswith(("08", "57P"))
-
-
-def _write_watermark(cur, settings, purpose: str) -> str:
-    mark = f"{purpose}:{uuid.uuid4()}"
-    cur.execute(
-        f"INSERT INTO {settings.watermarks_table} (slot, watermark) VALUES (%s, %s) "
-        "ON CONFLICT (slot) DO UPDATE SET watermark = EXCLUDED.watermark",
-        (settings.slot, mark),
-    )
-    return mark
 
 
 class _Session:
@@ -324,7 +280,7 @@ class _Session:
         journal.ensure_schema(self.journal)
         with self.journal.cursor() as cur:
             cur.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"flow.capture:{self.settings.task}",)
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (capture_lock(self.settings.task),)
             )
             if not cur.fetchone()[0]:
                 self.journal.rollback()
@@ -412,7 +368,7 @@ class _Session:
     def loop(self, stop: threading.Event | None) -> None:
         if stop is None:
             with self.source.cursor() as cur:
-                self.drain_mark = _write_watermark(cur, self.settings, "drain")
+                self.drain_mark = write_watermark(cur, self.settings, "drain")
         while True:
             if stop is not None and stop.is_set():
                 break
@@ -424,7 +380,7 @@ class _Session:
                 self._check_login()
             if stop is not None and time.monotonic() - self.last_activity > HEARTBEAT_S:
                 with self.source.cursor() as cur:
-                    _write_watermark(cur, self.settings, "heartbeat")
+                    write_watermark(cur, self.settings, "heartbeat")
                 self.last_activity = time.monotonic()
             received = self._pump()
             if received:
@@ -490,15 +446,7 @@ class _Session:
         if qualified == self.settings.watermarks_table:
             self.watermark_relid = relation.relid
         binding = next((b for b in self.runner.bindings if b.id == qualified), None)
-        names = tuple(c.name for c in relation.columns)
-        key_index = tuple(names.index(k) for k in binding.key_columns) if binding else ()
-        self.relations[relation.relid] = RelationPlan(
-            relation,
-            binding,
-            names,
-            tuple(converter(c.type_oid) for c in relation.columns),
-            key_index,
-        )
+        self.relations[relation.relid] = relation_plan(relation, binding)
 
     def _row_change(self, message, event_lsn: int) -> None:
         relid = message.relid
@@ -510,40 +458,22 @@ class _Session:
         plan = self.relations.get(relid)
         if plan is None or plan.binding is None:
             return
-        if isinstance(message, pgoutput.Delete):
-            op, values = "d", message.old
-        else:
-            op, values = ("c" if isinstance(message, pgoutput.Insert) else "u"), message.new
-        converters = plan.converters
-        key_values = tuple(converters[i](values[i]) for i in plan.key_index)
-        unchanged: tuple[str, ...] = ()
-        if op == "d":
-            document = {plan.names[i]: key_values[n] for n, i in enumerate(plan.key_index)}
-        else:
-            document = {}
-            for name, value, convert in zip(plan.names, values, converters, strict=True):
-                if value is None:
-                    document[name] = None
-                elif value is UNCHANGED:
-                    unchanged += (name,)
-                else:
-                    document[name] = convert(value)
+        op, key_values, document, unchanged = decode_row(plan, message)
         begin = self.tx.begin
         relation = plan.relation
-        document["_meta"] = {
-            "op": op,
-            "source": {
-                "ts_ms": begin.commit_ts_ms,
-                "schema": relation.namespace,
-                "table": relation.name,
-                "loc": [self.last_commit_end, event_lsn, begin.final_lsn],
-                "txid": begin.xid,
-            },
-        }
+        with_meta(
+            document,
+            op,
+            relation.namespace,
+            relation.name,
+            begin.commit_ts_ms,
+            Location(self.last_commit_end, event_lsn, begin.final_lsn),
+            txid=begin.xid,
+        )
         change = Change(
             plan.binding,
             op,
-            _key_text(key_values),
+            key_text(key_values),
             document,
             unchanged,
             begin.commit_ts_ms,
@@ -573,7 +503,7 @@ class _Session:
                 for column in change.unchanged:
                     if previous is not None and column in previous[1]:
                         document[column] = previous[1][column]
-                chunk.rows[change.key] = (key_values, _as_snapshot(document))
+                chunk.rows[change.key] = (key_values, as_snapshot(document))
         # else: beyond the chunk; a later chunk reads the row as it is then
 
     def _commit(self, commit: pgoutput.Commit) -> None:
@@ -596,52 +526,19 @@ class _Session:
 
     def _start_chunk(self) -> None:
         binding = next(b for b in self.runner.bindings if not self.state[b.id]["backfilled"])
-        table = self.tables[binding.id]
-        cursor = self.state[binding.id]["cursor"]
-        keys = ", ".join(_order_column(table, k) for k in binding.key_columns)
-        # Aliased, so ORDER BY reads the key column itself and not its text.
-        select_list = ", ".join(f'"{c}"::text AS _c{n}' for n, c in enumerate(table.columns))
-        where = ""
-        parameters: list[Any] = []
-        if cursor is not None:
-            where = f"WHERE ({keys}) > ({', '.join(['%s'] * len(cursor))})"
-            parameters = list(cursor)
-        converters = table.converters()
-        key_index = [table.columns.index(k) for k in binding.key_columns]
-        rows: dict[str, tuple[tuple, dict[str, Any]]] = {}
-        scan_ms = int(time.time() * 1000)
         with self.source.cursor() as cur:
-            cur.execute(
-                f"SELECT {select_list} FROM {table.quoted} {where} ORDER BY {keys} LIMIT %s",
-                [*parameters, self.settings.chunk_size],
+            self.chunk = read_chunk(
+                cur,
+                self.tables[binding.id],
+                binding,
+                self.state[binding.id]["cursor"],
+                self.settings,
             )
-            for row in cur:
-                document = {
-                    name: (None if value is None else convert(value))
-                    for name, value, convert in zip(table.columns, row, converters, strict=True)
-                }
-                key_values = tuple(document[table.columns[i]] for i in key_index)
-                document["_meta"] = {
-                    "op": "c",
-                    "source": {
-                        "ts_ms": scan_ms,
-                        "schema": table.namespace,
-                        "table": table.name,
-                        "snapshot": True,
-                        "loc": [0, 0, 0],
-                    },
-                }
-                rows[_key_text(key_values)] = (key_values, document)
-            high = None
-            if len(rows) == self.settings.chunk_size:
-                high = next(reversed(rows.values()))[0]
-            watermark = _write_watermark(cur, self.settings, "backfill")
-        self.chunk = Chunk(binding, high, rows, watermark)
 
     def _finish_chunk(self, lsn: int) -> None:
         chunk, self.chunk = self.chunk, None
         for key, (_values, document) in sorted(chunk.rows.items(), key=lambda kv: kv[1][0]):
-            document["_meta"]["source"]["loc"] = [lsn, 0, 0]
+            located(document, Location(lsn))
             self.pending.append(Change(chunk.binding, "c", key, document, (), None, lsn))
         self.report.backfilled_rows += len(chunk.rows)
         state = self.state[chunk.binding.id]
@@ -663,15 +560,8 @@ class _Session:
         """After a re-backfill: keys still in the collection but gone from the source were
         deleted while no slot was watching; write their deletes."""
         table = self.tables[binding.id]
-        converters = table.converters()
-        key_index = [table.columns.index(k) for k in binding.key_columns]
-        columns = ", ".join(f'"{table.columns[i]}"::text' for i in key_index)
         with self.source.cursor() as cur:
-            cur.execute(f"SELECT {columns} FROM {table.quoted}")
-            present = {
-                _key_text(tuple(converters[i](v) for i, v in zip(key_index, row, strict=True)))
-                for row in cur
-            }
+            present = present_keys(cur, table, binding)
         self._flush(wait=True)  # the reduced view must hold everything emitted so far
         reader = psycopg2.connect(self.runner.journal_url)
         try:
@@ -684,25 +574,17 @@ class _Session:
         finally:
             reader.close()
         for values in stale:
-            key = _key_text(tuple(values))
+            key = key_text(tuple(values))
             if key in present:
                 continue
             document = dict(zip(binding.key_columns, values, strict=True))
-            document["_meta"] = {
-                "op": "d",
-                "source": {
-                    "ts_ms": int(time.time() * 1000),
-                    "schema": table.namespace,
-                    "table": table.name,
-                    "snapshot": True,
-                    "loc": [lsn, 0, 0],
-                },
-            }
+            now_ms = int(time.time() * 1000)
+            with_meta(document, "d", table.namespace, table.name, now_ms, Location(lsn))
             self.pending.append(Change(binding, "d", key, document, (), None, lsn))
         log.info(
             "re-backfill of %s: %d keys no longer in the source deleted",
             binding.id,
-            sum(1 for v in stale if _key_text(tuple(v)) not in present),
+            sum(1 for v in stale if key_text(tuple(v)) not in present),
         )
 
     # -- the exactly-once commit ------------------------------------------------------------
@@ -727,29 +609,3 @@ class _Session:
             self.checkpoint = lsn
             self.stream.send_feedback(write_lsn=lsn, flush_lsn=lsn, force=True)
             self.report.checkpoint_lsn = lsn_text(lsn)
-
-
-def _as_snapshot(document: dict[str, Any]) -> dict[str, Any]:
-    source = document["_meta"]["source"]
-    document["_meta"] = {
-        "op": "c",
-        "source": {
-            "ts_ms": source["ts_ms"],
-            "schema": source["schema"],
-            "table": source["table"],
-            "snapshot": True,
-            "loc": [0, 0, 0],
-        },
-    }
-    return document
-
-
-def _key_text(values: tuple) -> str:
-    return orjson.dumps(list(values)).decode()
-
-
-def _order_column(table: SourceTable, column: str) -> str:
-    """Keys order by bytes (COLLATE "C"), as Python compares strings."""
-    text_types = {25, 1043, 1042}
-    oid = table.type_oids[table.columns.index(column)]
-    return f'"{column}" COLLATE "C"' if oid in text_types else f'"{column}"'

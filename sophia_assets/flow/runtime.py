@@ -36,15 +36,6 @@ def source_url(capture: Capture, platform_url: str) -> str:
     return f"postgresql://{auth}{resolved['address']}/{quote(database)}"
 
 
-def source_for(capture: Capture, platform_url: str):
-    """The capture's source login: its connector config's, or on the platform's own server
-    the rotated least-privilege login when `sophia db roles` set one up."""
-    from sophia_assets.flow.credentials import source_login
-
-    url = source_url(capture, platform_url)
-    return source_login(url) if url == platform_url else url
-
-
 def _resolve(value: Any) -> Any:
     """The config with `${VAR}` references replaced, or None if any variable is unset."""
     if isinstance(value, dict):

@@ -17,6 +17,7 @@ from typing import Any
 import fastjsonschema
 
 from sophia_assets.flow import journal
+from sophia_assets.flow.documents import set_before, source_of
 from sophia_assets.flow.pgoutput import lsn_text
 
 log = logging.getLogger("sophia.flow")
@@ -162,7 +163,7 @@ def write_changes(cur, name: str, items: list, first_offset: int, figures: Any) 
         if change.unchanged:
             _carry_unchanged(document, change.unchanged, previous, name, change.key)
         if change.op == "u" and previous is not None:
-            document["_meta"]["before"] = {k: v for k, v in previous.items() if k != "_meta"}
+            set_before(document, previous)
         try:
             binding.validate(document)
         except fastjsonschema.JsonSchemaException as err:
@@ -171,7 +172,7 @@ def write_changes(cur, name: str, items: list, first_offset: int, figures: Any) 
                 name,
                 document,
                 f"schema: {err.message}",
-                document.get("_meta", {}).get("source", {}),
+                source_of(document),
             )
             collection_figures.quarantined += 1
             continue

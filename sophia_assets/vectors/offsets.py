@@ -9,13 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sophia_assets.flow import journal
+from sophia_assets.flow.tasks import index_task
 
 # A new psycopg2 connection to the platform's Postgres; the caller closes it.
 Connect = Callable[[], Any]
-
-
-def index_task(index_name: str) -> str:
-    return f"index:{index_name}"
 
 
 class AppliedOffsets:
