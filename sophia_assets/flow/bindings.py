@@ -12,6 +12,7 @@ import fastjsonschema
 from sophia_assets.catalog.model import Capture, Catalog, Collection
 from sophia_assets.flow.reduce import Reducer
 from sophia_assets.flow.source import SourceError
+from sophia_assets.flow.tasks import capture_task
 
 ESTUARY_DEFAULTS = {
     "publicationName": "flow_publication",
@@ -44,7 +45,7 @@ class CaptureSettings:
 def capture_settings(capture: Capture) -> CaptureSettings:
     advanced = {**ESTUARY_DEFAULTS, **(capture.connector.config.get("advanced") or {})}
     return CaptureSettings(
-        task=capture.name,
+        task=capture_task(capture.name),
         publication=str(advanced["publicationName"]),
         slot=str(advanced["slotName"]),
         watermarks_table=str(advanced["watermarksTable"]),
