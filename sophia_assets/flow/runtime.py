@@ -4,6 +4,8 @@ environment.
 A capture's source is its connector config when every `${VAR}` it references is set
 (production-like use against another server); otherwise the platform's own Postgres (the
 embedded server, or `SOPHIA_POSTGRES_URL`). Journals always live in the platform's Postgres.
+On the platform's server the capture logs in as the rotated login when there is one: that
+choice needs the secret store, so it is made by `source_for` in secrets/capture_login.py.
 """
 
 from __future__ import annotations
@@ -34,15 +36,6 @@ def source_url(capture: Capture, platform_url: str) -> str:
     auth = f"{quote(user)}:{quote(password)}@" if password else f"{quote(user)}@"
     database = resolved.get("database") or "postgres"
     return f"postgresql://{auth}{resolved['address']}/{quote(database)}"
-
-
-def source_for(capture: Capture, platform_url: str):
-    """The capture's source login: its connector config's, or on the platform's own server
-    the rotated least-privilege login when `sophia db roles` set one up."""
-    from sophia_assets.flow.credentials import source_login
-
-    url = source_url(capture, platform_url)
-    return source_login(url) if url == platform_url else url
 
 
 def _resolve(value: Any) -> Any:
