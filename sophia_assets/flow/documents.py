@@ -86,8 +86,9 @@ def source_of(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_of(document: dict[str, Any]) -> str | None:
-    """The document's `_meta.op` (None when it has none)."""
-    return (document.get("_meta") or {}).get("op")
+    """The document's `_meta.op` (None when it has none, or `_meta` is not an object)."""
+    meta = document.get("_meta")
+    return meta.get("op") if isinstance(meta, dict) else None
 
 
 def is_delete(document: dict[str, Any]) -> bool:
