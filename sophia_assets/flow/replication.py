@@ -370,7 +370,7 @@ class Session:
             begin.commit_ts_ms,
             relation.namespace,
             relation.name,
-            location(self.last_commit_end, event_lsn, begin.final_lsn),
+            location(last_commit_end=self.last_commit_end, event=event_lsn, commit=begin.final_lsn),
             begin.xid,
         )
         change = Change(
