@@ -54,3 +54,11 @@ def _resolve(value: Any) -> Any:
     if isinstance(value, str) and (match := ENV_REFERENCE.match(value)):
         return os.environ.get(match.group(1))
     return value
+
+
+def source_for(capture: Capture, platform_url: str):
+    """Compatibility only, until `sophia_assets/cli.py` imports `source_for` from
+    secrets/capture_login.py; then delete this function (flow must not depend on secrets)."""
+    from sophia_assets.secrets.capture_login import source_for as choose
+
+    return choose(capture, platform_url)
