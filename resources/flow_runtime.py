@@ -34,7 +34,7 @@ class FlowRuntimeResource(dg.ConfigurableResource):
     ) -> "CaptureReport":
         """Captures up to the current WAL position (waits for a running `serve` instead)."""
         from sophia_assets.flow.capture import CaptureRunner
-        from sophia_assets.secrets.rotated_login import source_for
+        from sophia_assets.secrets.capture_login import source_for
 
         capture = catalog.captures[capture_name]
         platform = self.postgres.url()

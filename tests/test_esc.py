@@ -108,9 +108,8 @@ def test_unconfigured_opens_nothing(esc, monkeypatch) -> None:
 
 
 def test_rotation_publishes_current_and_previous_to_esc(esc, source: str, tmp_path) -> None:
-    from sophia_assets.secrets.capture_login import set_up
+    from sophia_assets.secrets.capture_login import RotatedLogin, set_up
     from sophia_assets.secrets.postgres_roles import SECRET, rotate
-    from sophia_assets.secrets.rotated_login import RotatedLogin
     from sophia_assets.secrets.store import EscSecretStore
     from tests.support.cdc import catalog_copy, load
 

@@ -20,9 +20,8 @@ from resources.secret_store import SecretStoreResource
 from sophia_assets.assets.secrets import CAPTURE_LOGIN, capture_login
 from sophia_assets.checks.secrets import secret_age_check
 from sophia_assets.flow.capture import CaptureRunner
-from sophia_assets.secrets.capture_login import set_up
+from sophia_assets.secrets.capture_login import RotatedLogin, set_up
 from sophia_assets.secrets.postgres_roles import SECRET, rotate, with_login
-from sophia_assets.secrets.rotated_login import RotatedLogin
 from sophia_assets.secrets.store import FileSecretStore
 from tests.support.cdc import (
     CAPTURE,

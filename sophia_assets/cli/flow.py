@@ -100,7 +100,7 @@ def capture_runners(on_batch=None):
     from sophia_assets.flow.runtime import runnable_captures
     from sophia_assets.home import flow_specs_dir
     from sophia_assets.postgres.embedded_server import postgres_url
-    from sophia_assets.secrets.rotated_login import source_for
+    from sophia_assets.secrets.capture_login import source_for
 
     catalog = load_catalog(flow_specs_dir())
     platform = postgres_url()

@@ -1,34 +1,89 @@
-"""Backfill with watermarks, as Estuary's source-postgres does it: read a chunk of rows after
-the cursor in key order, then write a watermark row; the chunk's rows are emitted when the
-watermark comes back through the replication stream (see capture.py for how changes racing
-the chunk are folded in). Also the scan that finds keys deleted while no slot was watching."""
+"""The backfill (as source-postgres's backfill.go): tables are read in chunks in key order,
+each chunk followed by a watermark. Until the watermark comes back through the stream,
+changes to keys inside the chunk are folded into its rows (each change carries the full row,
+so folding in commit order ends at the latest state), changes to keys the backfill has
+passed are emitted, and changes beyond the chunk are dropped (a later chunk reads them).
+
+Per binding, the capture's checkpoint state is {"backfilled", "cursor" (the last key read),
+and after a reset "reconcile"}: re-backfilled tables then delete the keys gone meanwhile.
+"""
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from sophia_assets.flow.bindings import Binding, CaptureSettings
-from sophia_assets.flow.documents import Location, key_text, with_meta
+from sophia_assets.flow.documents import (
+    CREATE,
+    DELETE,
+    Change,
+    as_snapshot,
+    key_text,
+    location,
+    set_location,
+    snapshot_meta,
+)
 from sophia_assets.flow.source import SourceTable
+from sophia_assets.flow.watermarks import BACKFILL, write_watermark
+
+TEXT_TYPE_OIDS = frozenset({25, 1043, 1042})  # text, varchar, bpchar
+
+Row = tuple[tuple, dict[str, Any]]  # (key values, document)
+
+
+def initial_state() -> dict[str, Any]:
+    return {"backfilled": False, "cursor": None}
+
+
+def rebackfill_state() -> dict[str, Any]:
+    return {**initial_state(), "reconcile": True}
+
+
+def passed(state: dict[str, Any], key_values: tuple) -> bool:
+    """Whether the backfill has read this key already: its changes are emitted as they come."""
+    return state["backfilled"] or (
+        state["cursor"] is not None and key_values <= tuple(state["cursor"])
+    )
 
 
 @dataclass
 class Chunk:
     binding: Binding
     high: tuple | None  # last key of the chunk; None when it runs to the end of the table
-    rows: dict[str, tuple[tuple, dict[str, Any]]]  # key -> (key values, document)
+    rows: dict[str, Row]  # key text -> row
     watermark: str
+
+    def covers(self, binding: Binding, key_values: tuple) -> bool:
+        return binding is self.binding and (self.high is None or key_values <= self.high)
+
+    def fold(self, change: Change, key_values: tuple) -> None:
+        """A streamed change to a key inside the chunk replaces the row read."""
+        if change.op == DELETE:
+            self.rows.pop(change.key, None)
+            return
+        previous = self.rows.get(change.key)
+        document = change.document
+        for column in change.unchanged:
+            if previous is not None and column in previous[1]:
+                document[column] = previous[1][column]
+        self.rows[change.key] = (key_values, as_snapshot(document))
+
+    def changes(self, lsn: int) -> list[Change]:
+        """The chunk's rows as creates in key order, located at the watermark's commit."""
+        out = []
+        for key, (_values, document) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
+            set_location(document, location(last_commit_end=lsn))
+            out.append(Change(self.binding, CREATE, key, document, (), None, lsn))
+        return out
 
 
 def read_chunk(
-    cur, table: SourceTable, binding: Binding, cursor: list | None, settings: CaptureSettings
+    cur, settings: CaptureSettings, binding: Binding, table: SourceTable, cursor: list | None
 ) -> Chunk:
-    """The next `chunk_size` rows after `cursor`, as snapshot documents, and the watermark
-    written after reading them."""
-    keys = ", ".join(order_column(table, k) for k in binding.key_columns)
+    """Reads the rows after `cursor`, then writes the watermark that closes the chunk."""
+    keys = ", ".join(_order_column(table, k) for k in binding.key_columns)
     # Aliased, so ORDER BY reads the key column itself and not its text.
     select_list = ", ".join(f'"{c}"::text AS _c{n}' for n, c in enumerate(table.columns))
     where = ""
@@ -38,7 +93,7 @@ def read_chunk(
         parameters = list(cursor)
     converters = table.converters()
     key_index = [table.columns.index(k) for k in binding.key_columns]
-    rows: dict[str, tuple[tuple, dict[str, Any]]] = {}
+    rows: dict[str, Row] = {}
     scan_ms = int(time.time() * 1000)
     cur.execute(
         f"SELECT {select_list} FROM {table.quoted} {where} ORDER BY {keys} LIMIT %s",
@@ -50,16 +105,16 @@ def read_chunk(
             for name, value, convert in zip(table.columns, row, converters, strict=True)
         }
         key_values = tuple(document[table.columns[i]] for i in key_index)
-        with_meta(document, "c", table.namespace, table.name, scan_ms, Location())
+        document["_meta"] = snapshot_meta(CREATE, scan_ms, table.namespace, table.name, location())
         rows[key_text(key_values)] = (key_values, document)
     high = None
     if len(rows) == settings.chunk_size:
         high = next(reversed(rows.values()))[0]
-    watermark = write_watermark(cur, settings, "backfill")
+    watermark = write_watermark(cur, settings, BACKFILL)
     return Chunk(binding, high, rows, watermark)
 
 
-def present_keys(cur, table: SourceTable, binding: Binding) -> set[str]:
+def source_keys(cur, binding: Binding, table: SourceTable) -> set[str]:
     """Every key now in the source table, as key text."""
     converters = table.converters()
     key_index = [table.columns.index(k) for k in binding.key_columns]
@@ -71,19 +126,29 @@ def present_keys(cur, table: SourceTable, binding: Binding) -> set[str]:
     }
 
 
-def write_watermark(cur, settings: CaptureSettings, purpose: str) -> str:
-    """A watermark row in the source; its change marks a point of the replication stream."""
-    mark = f"{purpose}:{uuid.uuid4()}"
-    cur.execute(
-        f"INSERT INTO {settings.watermarks_table} (slot, watermark) VALUES (%s, %s) "
-        "ON CONFLICT (slot) DO UPDATE SET watermark = EXCLUDED.watermark",
-        (settings.slot, mark),
-    )
-    return mark
+def reconciling_deletes(
+    binding: Binding, table: SourceTable, stale: list[list], present: set[str], lsn: int
+) -> list[Change]:
+    """Deletes for the collection's keys that are no longer in the source: they were
+    deleted while no slot was watching."""
+    out = []
+    for values in stale:
+        key = key_text(tuple(values))
+        if key in present:
+            continue
+        document = dict(zip(binding.key_columns, values, strict=True))
+        document["_meta"] = snapshot_meta(
+            DELETE,
+            int(time.time() * 1000),
+            table.namespace,
+            table.name,
+            location(last_commit_end=lsn),
+        )
+        out.append(Change(binding, DELETE, key, document, (), None, lsn))
+    return out
 
 
-def order_column(table: SourceTable, column: str) -> str:
+def _order_column(table: SourceTable, column: str) -> str:
     """Keys order by bytes (COLLATE "C"), as Python compares strings."""
-    text_types = {25, 1043, 1042}
     oid = table.type_oids[table.columns.index(column)]
-    return f'"{column}" COLLATE "C"' if oid in text_types else f'"{column}"'
+    return f'"{column}" COLLATE "C"' if oid in TEXT_TYPE_OIDS else f'"{column}"'

@@ -1,7 +1,7 @@
-"""The capture's login to its source: read at every connect, so a rotated login takes effect
-on the next connection, and `version()` tells a serving capture that a rotation happened, so
-it reconnects as the new role where it stopped. A fixed URL here; the rotated login from the
-secret store is `secrets.rotated_login.RotatedLogin` (secrets builds on flow, never back)."""
+"""The capture's login to its source. Each connection reads the current login, and
+`version()` tells a serving capture that a rotation happened, so it reconnects as the new
+role where it stopped. Flow knows only this interface and a fixed URL; the login rotated
+through the secret store is `RotatedLogin` in secrets/capture_login.py."""
 
 from __future__ import annotations
 

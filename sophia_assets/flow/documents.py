@@ -1,66 +1,65 @@
-"""The change document: a source row as JSON plus Estuary's `_meta` (what source-postgres
-writes), built here and nowhere else.
+"""The change document, as Estuary's source-postgres writes it: the row's columns plus
+`_meta` = {op, source: {ts_ms, schema, table, [snapshot], loc, [txid]}, [before]}.
 
-`_meta.op` is c, u or d; `_meta.source` names the table, the commit time (`ts_ms`), the
-transaction (`txid`) and its position `loc`; backfilled rows carry `snapshot: true`; updates
-carry `before`, the previous document (added when the journal knows it)."""
+Everything that builds or reads `_meta` goes through here, so the journal's documents keep
+one shape (and one key order: the journal stores the JSON text as built).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sophia_assets.flow.bindings import Binding
+if TYPE_CHECKING:
+    from sophia_assets.flow.bindings import Binding
 
-
-@dataclass(frozen=True)
-class Location:
-    """`_meta.source.loc`: [the end LSN of the last commit before this event, the event's own
-    LSN, the LSN of its transaction's commit]. A backfilled row has only the first: the commit
-    of the watermark that completed its chunk (0 until then)."""
-
-    last_commit_end: int = 0
-    event: int = 0
-    commit: int = 0
-
-    def as_list(self) -> list[int]:
-        return [self.last_commit_end, self.event, self.commit]
+CREATE = "c"
+UPDATE = "u"
+DELETE = "d"
 
 
 @dataclass(slots=True)
 class Change:
-    """One change on its way to a collection's journal."""
+    """One document bound for a collection, with what the commit path needs to journal it."""
 
-    binding: Binding
-    op: str  # c, u, d
-    key: str
+    binding: Binding  # anything with `collection`, `validate` and `reducer`
+    op: str  # CREATE, UPDATE or DELETE
+    key: str  # the key as compact JSON, see `key_text`
     document: dict[str, Any]
     unchanged: tuple[str, ...]  # columns whose unchanged TOASTed value must be carried over
     source_ts_ms: int | None
     commit_lsn: int
 
 
-def with_meta(
-    document: dict[str, Any],
-    op: str,
-    schema: str,
-    table: str,
-    ts_ms: int,
-    loc: Location,
-    txid: int | None = None,
+def key_text(values: tuple) -> str:
+    """A key as the journal stores it: a compact JSON array, e.g. `[42]`."""
+    return orjson.dumps(list(values)).decode()
+
+
+def location(last_commit_end: int = 0, event: int = 0, commit: int = 0) -> list[int]:
+    """`_meta.source.loc`, Estuary's [end LSN of the previous commit, LSN of this event,
+    final LSN of this event's transaction]; backfilled rows carry only the first."""
+    return [last_commit_end, event, commit]
+
+
+def streamed_meta(
+    op: str, ts_ms: int, schema: str, table: str, loc: list[int], txid: int
 ) -> dict[str, Any]:
-    """`document` with its `_meta`: a streamed change when `txid` is given, else a backfilled
-    (snapshot) row."""
-    source: dict[str, Any] = {"ts_ms": ts_ms, "schema": schema, "table": table}
-    if txid is None:
-        source["snapshot"] = True
-    source["loc"] = loc.as_list()
-    if txid is not None:
-        source["txid"] = txid
-    document["_meta"] = {"op": op, "source": source}
-    return document
+    """`_meta` of a change read from the replication stream."""
+    return {
+        "op": op,
+        "source": {"ts_ms": ts_ms, "schema": schema, "table": table, "loc": loc, "txid": txid},
+    }
+
+
+def snapshot_meta(op: str, ts_ms: int, schema: str, table: str, loc: list[int]) -> dict[str, Any]:
+    """`_meta` of a document the backfill produced (a scanned row or a reconciling delete)."""
+    return {
+        "op": op,
+        "source": {"ts_ms": ts_ms, "schema": schema, "table": table, "snapshot": True, "loc": loc},
+    }
 
 
 def derived(document: dict[str, Any], op: str) -> dict[str, Any]:
@@ -71,34 +70,33 @@ def derived(document: dict[str, Any], op: str) -> dict[str, Any]:
 
 
 def as_snapshot(document: dict[str, Any]) -> dict[str, Any]:
-    """A streamed change folded into a backfill chunk: it is emitted as a created snapshot
-    row of the same table and time."""
+    """A streamed change folded into a backfill chunk becomes a scanned row (op `c`, no
+    location until the chunk is emitted), keeping the change's commit time."""
     source = document["_meta"]["source"]
-    return with_meta(document, "c", source["schema"], source["table"], source["ts_ms"], Location())
+    document["_meta"] = snapshot_meta(
+        CREATE, source["ts_ms"], source["schema"], source["table"], location()
+    )
+    return document
 
 
-def located(document: dict[str, Any], loc: Location) -> None:
-    """Sets the document's position (a backfilled row, once its chunk's watermark commits)."""
-    document["_meta"]["source"]["loc"] = loc.as_list()
+def set_location(document: dict[str, Any], loc: list[int]) -> None:
+    document["_meta"]["source"]["loc"] = loc
 
 
 def set_before(document: dict[str, Any], previous: dict[str, Any]) -> None:
-    """An update's `before`: the previous document without its own `_meta`."""
+    """An update carries the previous document (without its own `_meta`) as `before`."""
     document["_meta"]["before"] = {k: v for k, v in previous.items() if k != "_meta"}
 
 
 def source_of(document: dict[str, Any]) -> dict[str, Any]:
-    return (document.get("_meta") or {}).get("source") or {}
+    return document.get("_meta", {}).get("source", {})
 
 
 def op_of(document: dict[str, Any]) -> str | None:
-    return (document.get("_meta") or {}).get("op")
+    """The document's `_meta.op` (None when it has none, or `_meta` is not an object)."""
+    meta = document.get("_meta")
+    return meta.get("op") if isinstance(meta, dict) else None
 
 
 def is_delete(document: dict[str, Any]) -> bool:
-    return op_of(document) == "d"
-
-
-def key_text(values: tuple) -> str:
-    """A key's canonical text: the JSON array of its values (the journal's `key`)."""
-    return orjson.dumps(list(values)).decode()
+    return op_of(document) == DELETE

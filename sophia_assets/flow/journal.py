@@ -99,6 +99,12 @@ def reduced_documents(cur, collection: str, keys: list[str]) -> dict[str, dict[s
     return {_canonical(key): orjson.loads(doc) for key, doc in cur.fetchall()}
 
 
+def reduced_keys(cur, collection: str) -> list[list[Any]]:
+    """Every key in the collection's reduced view, as its array of values."""
+    cur.execute("SELECT key::text FROM flow.reduced WHERE collection = %s", (collection,))
+    return [orjson.loads(key) for (key,) in cur.fetchall()]
+
+
 def _canonical(key_text: str) -> str:
     """Postgres prints jsonb arrays with spaces; our keys are compact JSON."""
     return orjson.dumps(orjson.loads(key_text)).decode()

@@ -11,6 +11,8 @@ from typing import Any
 
 import fastjsonschema
 
+from sophia_assets.flow.documents import op_of
+
 DEFAULT = {"strategy": "lastWriteWins"}
 
 
@@ -29,9 +31,7 @@ class Reducer:
 
     def annotation(self, document: dict[str, Any]) -> dict[str, Any]:
         if self._meta_op is not None:
-            meta = document.get("_meta")
-            matched = isinstance(meta, dict) and meta.get("op") == self._meta_op
-            chosen = self._then if matched else self._else
+            chosen = self._then if op_of(document) == self._meta_op else self._else
             if chosen is not None:
                 return chosen
         elif self._condition is not None:

@@ -1,18 +1,73 @@
-"""Reading the replication stream: how a relation's tuples become documents, the transaction
-being received, and which errors mean the connection was lost (reconnect) rather than refused
-(raise)."""
+"""One connected run of a capture (as source-postgres's replication.go): the slot, the
+pgoutput stream decoded into changes, the backfill chunks interleaved with it, and the
+exactly-once hand-off to the journal writer.
+
+Exactly once: the documents of a batch of source transactions, the reduced view and the
+checkpoint (the end LSN of the last transaction) commit in one journal transaction; only then
+is that LSN confirmed to the slot. A restarted capture skips transactions at or before its
+checkpoint, so one that committed but crashed before confirming is not journaled twice.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
+import select
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
+import psycopg2.extras
 
-from sophia_assets.flow import pgoutput
-from sophia_assets.flow.bindings import Binding
-from sophia_assets.flow.documents import Change
+from sophia_assets.flow import backfill, journal, pgoutput
+from sophia_assets.flow.bindings import Binding, CaptureSettings
+from sophia_assets.flow.documents import (
+    CREATE,
+    DELETE,
+    UPDATE,
+    Change,
+    key_text,
+    location,
+    streamed_meta,
+)
+from sophia_assets.flow.pgoutput import UNCHANGED, lsn_int, lsn_text
+from sophia_assets.flow.source import (
+    SourceError,
+    SourceTable,
+    check_wal_level,
+    create_slot,
+    describe_table,
+    ensure_publication,
+    ensure_watermarks_table,
+    slot_status,
+)
+from sophia_assets.flow.tasks import capture_lock
 from sophia_assets.flow.values import Converter, converter
+from sophia_assets.flow.watermarks import DRAIN, HEARTBEAT, watermark_of, write_watermark
+from sophia_assets.flow.writer import Batch, JournalWriter
+
+if TYPE_CHECKING:
+    from sophia_assets.flow.capture import CaptureReport, CaptureRunner
+
+log = logging.getLogger("sophia.flow")
+MAX_BATCH_DOCUMENTS = 20_000
+IDLE_WAIT_S = 0.5
+# An idle serve writes a watermark this often, so the slot's confirmed position follows the
+# server's WAL (journal writes, other databases) instead of holding it all back.
+HEARTBEAT_S = 30.0
+# A serving capture looks for a rotated source login this often.
+LOGIN_CHECK_S = 1.0
+
+
+class CaptureBusy(RuntimeError):
+    """Another process runs this capture."""
+
+
+class LoginRotated(Exception):
+    """The source login was rotated while serving: reconnect with the new one."""
 
 
 @dataclass(frozen=True)
@@ -35,50 +90,397 @@ class Transaction:
     marks: list[str] = field(default_factory=list)
 
 
-def connection_lost(err: psycopg2.Error) -> bool:
-    """A lost connection or stream (server restart, network), as opposed to an error the
-    server raised about our statements, which reconnecting would only repeat."""
-    if isinstance(err, psycopg2.OperationalError | psycopg2.InterfaceError):
-        return True
-    code = err.pgcode or ""
-    # No code: the client lost the stream ("no COPY in progress"); 08: connection exception;
-    # 57P: the server is shutting down or restarting.
-    return code == "" or code.startswith(("08", "57P"))
+def prepare_slot(cur, settings: CaptureSettings, checkpoint: tuple[str, Any] | None) -> None:
+    """Creates the slot on a first run; refuses one that cannot replay from the checkpoint."""
+    slot = settings.slot
+    confirmed, problem = slot_status(cur, slot)
+    if problem:
+        raise SourceError(
+            f"replication slot {slot!r} cannot be used: {problem}; changes since the "
+            f"checkpoint may be lost. Re-backfill with `sophia flow drain --rebackfill`"
+        )
+    if confirmed is None and checkpoint is not None and checkpoint[0] != "0/0":
+        raise SourceError(
+            f"replication slot {slot!r} is gone (dropped?) but capture "
+            f"{settings.task} has a checkpoint at {checkpoint[0]}; changes since then "
+            "cannot be replayed. Re-backfill with `sophia flow drain --rebackfill`"
+        )
+    if confirmed is None:
+        created = create_slot(cur, slot)
+        log.info("created replication slot %s at %s", slot, created)
 
 
-def relation_plan(relation: pgoutput.Relation, binding: Binding | None) -> RelationPlan:
-    names = tuple(c.name for c in relation.columns)
-    key_index = tuple(names.index(k) for k in binding.key_columns) if binding else ()
-    return RelationPlan(
-        relation,
-        binding,
-        names,
-        tuple(converter(c.type_oid) for c in relation.columns),
-        key_index,
+def replication_connection(source_url: str):
+    return psycopg2.connect(
+        source_url, connection_factory=psycopg2.extras.LogicalReplicationConnection
     )
 
 
-def decode_row(
-    plan: RelationPlan, message: pgoutput.Insert | pgoutput.Update | pgoutput.Delete
-) -> tuple[str, tuple, dict[str, Any], tuple[str, ...]]:
-    """(op, key values, document, unchanged columns) of a row change. A delete carries only
-    the key; an unchanged TOASTed value is left out and named, to be carried over."""
-    if isinstance(message, pgoutput.Delete):
-        op, values = "d", message.old
-    else:
-        op, values = ("c" if isinstance(message, pgoutput.Insert) else "u"), message.new
-    converters = plan.converters
-    key_values = tuple(converters[i](values[i]) for i in plan.key_index)
-    if op == "d":
-        key_document = {plan.names[i]: key_values[n] for n, i in enumerate(plan.key_index)}
-        return op, key_values, key_document, ()
+def start_stream(connection, settings: CaptureSettings):
+    """Streams the publication from the slot, pgoutput protocol version 1, raw bytes."""
+    stream = connection.cursor()
+    stream.start_replication(
+        slot_name=settings.slot,
+        decode=False,
+        options={"proto_version": "1", "publication_names": settings.publication},
+        status_interval=10,
+    )
+    return stream
+
+
+def _row_document(
+    plan: RelationPlan, op: str, values: list, key_values: tuple
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The columns of a replicated tuple (only the key for a delete), and the TOASTed columns
+    left out because they did not change."""
+    if op == DELETE:
+        return {plan.names[i]: key_values[n] for n, i in enumerate(plan.key_index)}, ()
     document: dict[str, Any] = {}
     unchanged: tuple[str, ...] = ()
-    for name, value, convert in zip(plan.names, values, converters, strict=True):
+    for name, value, convert in zip(plan.names, values, plan.converters, strict=True):
         if value is None:
             document[name] = None
-        elif value is pgoutput.UNCHANGED:
+        elif value is UNCHANGED:
             unchanged += (name,)
         else:
             document[name] = convert(value)
-    return op, key_values, document, unchanged
+    return document, unchanged
+
+
+class Session:
+    """One connected run of a capture: connections, checkpoint, and the streaming loop."""
+
+    def __init__(self, runner: CaptureRunner, report: CaptureReport):
+        self.runner = runner
+        self.settings = runner.settings
+        self.report = report
+        self.source = None
+        self.journal = None
+        self.replication = None
+        self.stream = None
+        self.tables: dict[str, SourceTable] = {}
+        self.checkpoint = 0
+        self.state: dict[str, Any] = {}
+        self.relations: dict[int, RelationPlan] = {}
+        self.watermark_relid: int | None = None
+        self.tx: Transaction | None = None
+        self.pending: list[Change] = []
+        self.pending_lsn = 0
+        self.last_commit_end = 0
+        self.chunk: backfill.Chunk | None = None
+        self.drain_mark: str | None = None
+        self.drain_reached = False
+        self.next_offsets: dict[str, int] = {}
+        self.writer: JournalWriter | None = None
+        self.submitted = 0  # end LSN of the last batch handed to the writer
+        self.last_activity = time.monotonic()
+        self.login_version = runner.login.version()
+        self.login_checked = time.monotonic()
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        checkpoint = self._claim_task()
+        self._prepare_source(checkpoint)
+        if checkpoint:
+            self.checkpoint = lsn_int(checkpoint[0])
+            self.state = checkpoint[1]
+        self.last_commit_end = self.checkpoint
+        for binding in self.runner.bindings:
+            self.state.setdefault(binding.id, backfill.initial_state())
+        self.report.checkpoint_lsn = lsn_text(self.checkpoint)
+
+        self.replication = replication_connection(self.runner.source_url)
+        self.stream = start_stream(self.replication, self.settings)
+        self.submitted = self.checkpoint
+        self.runner.streaming.set()
+        self.writer = JournalWriter(
+            self.journal,
+            self.settings.task,
+            self.next_offsets,
+            self.report,
+            on_commit=self._committed,
+        )
+
+    def _claim_task(self) -> tuple[str, dict[str, Any]] | None:
+        """Takes the capture's lock on the journal (held for the session), then reads its
+        checkpoint and the collections' next offsets."""
+        self.journal = psycopg2.connect(self.runner.journal_url)
+        journal.ensure_schema(self.journal)
+        with self.journal.cursor() as cur:
+            cur.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (capture_lock(self.settings.task),)
+            )
+            if not cur.fetchone()[0]:
+                self.journal.rollback()
+                raise CaptureBusy(self.settings.task)
+            checkpoint = journal.load_checkpoint(cur, self.settings.task)
+            for binding in self.runner.bindings:
+                name = binding.collection.name
+                self.next_offsets[name] = journal.next_offset(cur, name)
+        self.journal.commit()
+        return checkpoint
+
+    def _prepare_source(self, checkpoint: tuple[str, Any] | None) -> None:
+        """Preflight, the tables, the watermarks table, the publication and the slot."""
+        self.source = psycopg2.connect(self.runner.source_url)
+        self.source.autocommit = True
+        with self.source.cursor() as cur:
+            check_wal_level(cur)
+            for binding in self.runner.bindings:
+                self.tables[binding.id] = describe_table(
+                    cur, binding.namespace, binding.stream, binding.key_columns
+                )
+            ensure_watermarks_table(cur, self.settings.watermarks_table)
+            ensure_publication(
+                cur,
+                self.settings.publication,
+                [t.quoted for t in self.tables.values()] + [self.settings.watermarks_table],
+            )
+            prepare_slot(cur, self.settings, checkpoint)
+
+    def close(self) -> None:
+        self.runner.streaming.clear()
+        if self.writer is not None:
+            self.writer.close()
+        for conn in (self.replication, self.source, self.journal):
+            if conn is not None:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.close()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def loop(self, stop: threading.Event | None) -> None:
+        """Without `stop` (a drain), runs until its watermark is back and the backfill done."""
+        if stop is None:
+            self.drain_mark = self._watermark(DRAIN)
+        while True:
+            if stop is not None and stop.is_set():
+                break
+            if stop is None and self.drain_reached and self._backfill_done():
+                break
+            if self.chunk is None and not self._backfill_done():
+                self._start_chunk()
+            if stop is not None and time.monotonic() - self.login_checked > LOGIN_CHECK_S:
+                self._check_login()
+            if stop is not None and time.monotonic() - self.last_activity > HEARTBEAT_S:
+                self._watermark(HEARTBEAT)
+                self.last_activity = time.monotonic()
+            received = self._pump()
+            if received:
+                self.last_activity = time.monotonic()
+            # Group commit: what arrives while the writer commits one batch becomes the next
+            # batch, so batches grow with the load and latency stays flat.
+            self._flush()
+            if not received:
+                select.select([self.stream], [], [], IDLE_WAIT_S if self._idle() else 0.002)
+        self._flush(wait=True)
+
+    def _watermark(self, purpose: str) -> str:
+        with self.source.cursor() as cur:
+            return write_watermark(cur, self.settings, purpose)
+
+    def _check_login(self) -> None:
+        """A rotated login: commit what is in hand, then leave; serve() reconnects with the
+        new login and resumes from the checkpoint (the previous login stays valid meanwhile)."""
+        self.login_checked = time.monotonic()
+        version = self.runner.login.version()
+        if version != self.login_version:
+            self._flush(wait=True)
+            raise LoginRotated(f"the source login was rotated to {self.runner.login.user()}")
+
+    def _committed(self, lsn: int) -> None:
+        """Called by the writer's thread after each commit."""
+        self.report.checkpoint_lsn = lsn_text(lsn)
+        self.runner.on_batch(self.report)
+
+    def _idle(self) -> bool:
+        return not self.pending and self.submitted == self.checkpoint
+
+    # -- decoding the stream ----------------------------------------------------------------
+
+    def _pump(self) -> int:
+        """Handles the messages available now, without waiting."""
+        handled = 0
+        message = self.stream.read_message()
+        while message is not None:
+            self._handle(message.payload, message.data_start)
+            handled += 1
+            if self.tx is None and len(self.pending) >= MAX_BATCH_DOCUMENTS:
+                break
+            message = self.stream.read_message()
+        return handled
+
+    def _handle(self, payload: bytes, event_lsn: int) -> None:
+        message = pgoutput.decode(payload)
+        kind = type(message)
+        if kind is pgoutput.Begin:
+            self.tx = Transaction(message, skip=message.final_lsn < self.checkpoint)
+        elif kind is pgoutput.Commit:
+            self._commit(message)
+        elif kind is pgoutput.Relation:
+            self._relation(message)
+        elif kind in (pgoutput.Insert, pgoutput.Update, pgoutput.Delete):
+            if self.tx is not None and not self.tx.skip:
+                self._row_change(message, event_lsn)
+        elif kind is pgoutput.Truncate and any(
+            r in self.relations and self.relations[r].binding for r in message.relids
+        ):
+            log.warning(
+                "TRUNCATE of a captured table is not propagated (as in Estuary); "
+                "re-backfill to reflect it"
+            )
+
+    def _relation(self, relation: pgoutput.Relation) -> None:
+        qualified = f"{relation.namespace}.{relation.name}"
+        if qualified == self.settings.watermarks_table:
+            self.watermark_relid = relation.relid
+        binding = next((b for b in self.runner.bindings if b.id == qualified), None)
+        names = tuple(c.name for c in relation.columns)
+        key_index = tuple(names.index(k) for k in binding.key_columns) if binding else ()
+        self.relations[relation.relid] = RelationPlan(
+            relation,
+            binding,
+            names,
+            tuple(converter(c.type_oid) for c in relation.columns),
+            key_index,
+        )
+
+    def _row_change(self, message, event_lsn: int) -> None:
+        relid = message.relid
+        if relid == self.watermark_relid:
+            values = message.new if not isinstance(message, pgoutput.Delete) else message.old
+            mark = watermark_of(values)
+            if mark is not None:
+                self.tx.marks.append(mark)
+            return
+        plan = self.relations.get(relid)
+        if plan is None or plan.binding is None:
+            return
+        if isinstance(message, pgoutput.Delete):
+            op, values = DELETE, message.old
+        else:
+            op, values = (CREATE if isinstance(message, pgoutput.Insert) else UPDATE), message.new
+        key_values = tuple(plan.converters[i](values[i]) for i in plan.key_index)
+        document, unchanged = _row_document(plan, op, values, key_values)
+        begin = self.tx.begin
+        relation = plan.relation
+        document["_meta"] = streamed_meta(
+            op,
+            begin.commit_ts_ms,
+            relation.namespace,
+            relation.name,
+            location(last_commit_end=self.last_commit_end, event=event_lsn, commit=begin.final_lsn),
+            begin.xid,
+        )
+        change = Change(
+            plan.binding,
+            op,
+            key_text(key_values),
+            document,
+            unchanged,
+            begin.commit_ts_ms,
+            begin.final_lsn,
+        )
+        self._route(change, key_values)
+
+    def _route(self, change: Change, key_values: tuple) -> None:
+        """Emit, fold into the chunk in flight, or drop, by where the backfill stands."""
+        if backfill.passed(self.state[change.binding.id], key_values):
+            self.tx.changes.append(change)
+        elif self.chunk is not None and self.chunk.covers(change.binding, key_values):
+            self.chunk.fold(change, key_values)
+        # else: beyond the chunk; a later chunk reads the row as it is then
+
+    def _commit(self, commit: pgoutput.Commit) -> None:
+        tx, self.tx = self.tx, None
+        if tx is None or tx.skip:
+            return
+        self.pending.extend(tx.changes)
+        self.pending_lsn = commit.end_lsn
+        self.last_commit_end = commit.end_lsn
+        self.report.transactions += 1
+        if self.chunk is not None and self.chunk.watermark in tx.marks:
+            self._finish_chunk(commit.end_lsn)
+        if self.drain_mark is not None and self.drain_mark in tx.marks:
+            self.drain_reached = True
+
+    # -- backfill ---------------------------------------------------------------------------
+
+    def _backfill_done(self) -> bool:
+        return all(self.state[b.id]["backfilled"] for b in self.runner.bindings)
+
+    def _start_chunk(self) -> None:
+        binding = next(b for b in self.runner.bindings if not self.state[b.id]["backfilled"])
+        with self.source.cursor() as cur:
+            self.chunk = backfill.read_chunk(
+                cur,
+                self.settings,
+                binding,
+                self.tables[binding.id],
+                self.state[binding.id]["cursor"],
+            )
+
+    def _finish_chunk(self, lsn: int) -> None:
+        """The chunk's watermark came back at `lsn`: emit its rows, advance the cursor."""
+        chunk, self.chunk = self.chunk, None
+        self.pending.extend(chunk.changes(lsn))
+        self.report.backfilled_rows += len(chunk.rows)
+        state = self.state[chunk.binding.id]
+        if chunk.high is None:
+            state["backfilled"] = True
+            if state.pop("reconcile", False):
+                self._reconcile(chunk.binding, lsn)
+            log.info("backfill of %s complete", chunk.binding.id)
+        else:
+            state["cursor"] = list(chunk.high)
+            log.info(
+                "backfill of %s: %d rows, up to key %s",
+                chunk.binding.id,
+                len(chunk.rows),
+                chunk.high,
+            )
+
+    def _reconcile(self, binding: Binding, lsn: int) -> None:
+        """After a re-backfill: keys still in the collection but gone from the source were
+        deleted while no slot was watching; write their deletes."""
+        table = self.tables[binding.id]
+        with self.source.cursor() as cur:
+            present = backfill.source_keys(cur, binding, table)
+        self._flush(wait=True)  # the reduced view must hold everything emitted so far
+        reader = psycopg2.connect(self.runner.journal_url)
+        try:
+            with reader, reader.cursor() as cur:
+                stale = journal.reduced_keys(cur, binding.collection.name)
+        finally:
+            reader.close()
+        deletes = backfill.reconciling_deletes(binding, table, stale, present, lsn)
+        self.pending.extend(deletes)
+        log.info(
+            "re-backfill of %s: %d keys no longer in the source deleted",
+            binding.id,
+            len(deletes),
+        )
+
+    # -- the exactly-once commit ------------------------------------------------------------
+
+    def _flush(self, wait: bool = False) -> None:
+        """Hands the pending changes to the journal writer. Without `wait` it does not block
+        on a busy writer (unless the batch is full): changes keep gathering meanwhile."""
+        if self.pending or self.pending_lsn > self.submitted:
+            block = wait or len(self.pending) >= MAX_BATCH_DOCUMENTS
+            batch = Batch(self.pending, self.pending_lsn, copy.deepcopy(self.state))
+            if self.writer.offer(batch, block=block):
+                self.pending = []
+                self.submitted = self.pending_lsn
+        if wait:
+            self.writer.finish()
+        self._confirm()
+
+    def _confirm(self) -> None:
+        """Confirms to the slot what the writer has committed, and only that."""
+        lsn = self.writer.committed()
+        if lsn is not None:
+            self.checkpoint = lsn
+            self.stream.send_feedback(write_lsn=lsn, flush_lsn=lsn, force=True)
+            self.report.checkpoint_lsn = lsn_text(lsn)

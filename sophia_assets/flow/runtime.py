@@ -4,6 +4,8 @@ environment.
 A capture's source is its connector config when every `${VAR}` it references is set
 (production-like use against another server); otherwise the platform's own Postgres (the
 embedded server, or `SOPHIA_POSTGRES_URL`). Journals always live in the platform's Postgres.
+On the platform's server the capture logs in as the rotated login when there is one: that
+choice needs the secret store, so it is made by `source_for` in secrets/capture_login.py.
 """
 
 from __future__ import annotations

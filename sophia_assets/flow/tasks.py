@@ -1,23 +1,25 @@
-"""The names under which flow tasks keep their checkpoints in `flow.checkpoints` and take their
-advisory locks: one place, so a capture, a derivation and an index never collide and every
-reader (sensors, checks, the CLI) asks for the same key as the writer."""
+"""The task names under which `flow.checkpoints` keeps each reader's position, and the
+advisory-lock names that keep one process per task. Every writer and reader of those rows
+names its task here, so a rename cannot leave a reader looking for the wrong row."""
+
+from __future__ import annotations
 
 
 def capture_task(capture: str) -> str:
-    """A capture's checkpoint: its catalog name (e.g. `sophia/source-postgres`)."""
+    """A capture checkpoints under its catalog name (e.g. `sophia/source-postgres`)."""
     return capture
 
 
-def capture_lock(capture: str) -> str:
-    """The advisory lock one process holds while it runs the capture."""
-    return f"flow.capture:{capture_task(capture)}"
+def capture_lock(task: str) -> str:
+    """The advisory lock a running capture holds on the journal database."""
+    return f"flow.capture:{task}"
 
 
 def derivation_task(collection: str) -> str:
-    """A derivation's checkpoint and state, by the collection it derives."""
+    """A derivation checkpoints (and locks) under its derived collection's name."""
     return f"derive:{collection}"
 
 
-def index_task(index_name: str) -> str:
-    """A vector index's applied offset, by index name."""
-    return f"index:{index_name}"
+def index_task(index: str) -> str:
+    """The vector index records the last applied vector_updates offset under its name."""
+    return f"index:{index}"

@@ -17,7 +17,7 @@ from typing import Any
 import fastjsonschema
 
 from sophia_assets.flow import journal
-from sophia_assets.flow.documents import set_before, source_of
+from sophia_assets.flow.documents import UPDATE, Change, set_before, source_of
 from sophia_assets.flow.pgoutput import lsn_text
 
 log = logging.getLogger("sophia.flow")
@@ -33,7 +33,7 @@ class CollectionFigures:
 
 @dataclass
 class Batch:
-    changes: list  # of capture.Change, in source order
+    changes: list[Change]  # in source order
     lsn: int  # end LSN of the last source transaction in the batch
     state: dict[str, Any]  # the capture's backfill state after the batch
 
@@ -145,7 +145,7 @@ def _carry_unchanged(
             )
 
 
-def write_changes(cur, name: str, items: list, first_offset: int, figures: Any) -> int:
+def write_changes(cur, name: str, items: list[Change], first_offset: int, figures: Any) -> int:
     """Appends changes to a collection: previous documents, TOAST carry-over, `before`,
     schema validation (failures to the quarantine), reduction, journal and reduced view.
     Each item's `binding` needs `validate` and `reducer`. Returns the next offset."""
@@ -162,7 +162,7 @@ def write_changes(cur, name: str, items: list, first_offset: int, figures: Any) 
         document = change.document
         if change.unchanged:
             _carry_unchanged(document, change.unchanged, previous, name, change.key)
-        if change.op == "u" and previous is not None:
+        if change.op == UPDATE and previous is not None:
             set_before(document, previous)
         try:
             binding.validate(document)
