@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import string
+import time
 from pathlib import Path
 
 import pytest
@@ -170,10 +171,15 @@ def test_capture_resumes_from_its_checkpoint(source: str, catalog) -> None:
     runner(source, catalog).drain()  # a new process would start like this
 
     assert [d["id"] for d in _journal(source)] == [1, 2]
-    # The slot is told what the journal holds, so it releases the WAL behind it.
-    ((checkpoint, confirmed),) = sql(
-        source,
-        "SELECT c.lsn, s.confirmed_flush_lsn FROM flow.checkpoints c, "
-        "pg_replication_slots s WHERE s.slot_name = 'flow_slot'",
-    )
+    # The slot is told what the journal holds, so it releases the WAL behind it. The server
+    # applies the feedback asynchronously: read until it has, within a deadline.
+    deadline = time.monotonic() + 10
+    while True:
+        ((checkpoint, confirmed),) = sql(
+            source,
+            "SELECT c.lsn, s.confirmed_flush_lsn FROM flow.checkpoints c, "
+            "pg_replication_slots s WHERE s.slot_name = 'flow_slot'",
+        )
+        if confirmed == checkpoint or time.monotonic() > deadline:
+            break
     assert confirmed == checkpoint
