@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
+from bench.report import add_json_flag, say
 from bench.scratch import scratch_capture, scratch_database
 from sophia_assets.catalog import Catalog
 from sophia_assets.flow.capture import CaptureRunner
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="bulk rows (100000)")
     parser.add_argument("--rate", type=float, default=1000, help="steady tx/s (1000)")
     parser.add_argument("--seconds", type=float, default=10, help="steady phase length (10)")
-    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     from sophia_assets.catalog import load_catalog
     from sophia_assets.home import flow_specs_dir
@@ -242,10 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_figures(figures, args.json)
     return 0
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

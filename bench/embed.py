@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from bench.report import add_json_flag, say
 from bench.scratch import scratch_capture, scratch_database
 from sophia_assets.catalog import Catalog
 
@@ -134,7 +135,7 @@ def print_embed_figures(figures: EmbedFigures, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.embed", description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000, help="documents (1000)")
-    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     from sophia_assets.catalog import load_catalog
     from sophia_assets.demo.corpus import demo_corpus
@@ -147,10 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_embed_figures(figures, args.json)
     return 0
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

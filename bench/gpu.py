@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.report import add_json_flag, say
+
 OUTPUT_ENV = "SOPHIA_BENCH_GPU_OUT"
 
 
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__)
     parser.add_argument("--documents", type=int, default=1000, help="demo documents (1000)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N (auto)")
-    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     from sophia_assets.demo.corpus import demo_corpus
     from sophia_assets.home import sophia_home
@@ -136,10 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     corpus = demo_corpus(sophia_home())
     print_gpu_figures(run_gpu_bench(corpus, args.documents, args.device, say=say), args.json)
     return 0
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

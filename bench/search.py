@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from bench.report import add_json_flag, say
 from bench.scratch import scratch_database
 
 ENV = "SOPHIA_BENCH_URL"
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__)
     parser.add_argument("--documents", type=int, default=10_000, help="index size (10000)")
     parser.add_argument("--queries", type=int, default=1_000, help="queries (1000)")
-    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     from sophia_assets.demo.corpus import demo_corpus
     from sophia_assets.home import sophia_home
@@ -132,10 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     figures = run_search_bench(postgres_url(), corpus, args.documents, args.queries, say=say)
     print_search_figures(figures, args.json)
     return 0
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

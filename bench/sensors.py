@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from bench.report import add_json_flag, say
 from bench.scratch import scratch_database
 
 SEED_EXECUTIONS_PER_S = 220.0
@@ -161,17 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sensors", description=__doc__)
     parser.add_argument("--executions", type=int, default=10_000, help="pending (10000)")
     parser.add_argument("--documents", type=int, default=100_000, help="pending (100000)")
-    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     from sophia_assets.postgres.embedded_server import postgres_url
 
     figures = run_sensor_bench(postgres_url(), args.executions, args.documents, say=say)
     print_sensor_figures(figures, args.json)
     return 0
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
