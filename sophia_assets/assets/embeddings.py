@@ -33,6 +33,7 @@ def vector_updates_asset(
         from sophia_assets.embedding.derivation import VectorUpdates
 
         remote = []  # the GPU runner's embedder, opened on the first batch (if any)
+        local = []  # or the in-process embedder, loaded on the first batch (if any)
         stack = ExitStack()
         if context.run.tags.get(RUNNER_TAG) == "gpu":
             context.log.info(
@@ -47,7 +48,12 @@ def vector_updates_asset(
                 catalog, collection, postgres.url(), factory, gpu_runner.batch_documents
             )
         else:
-            derivation = VectorUpdates(catalog, collection, postgres.url(), embedder.load)
+
+            def load():
+                local.append(embedder.load())
+                return local[0]
+
+            derivation = VectorUpdates(catalog, collection, postgres.url(), load)
 
         def progress(report) -> None:
             context.log.info(
@@ -71,6 +77,12 @@ def vector_updates_asset(
             "documents_per_s": round(rate, 2),
             "model": code_version,
         }
+        if local:
+            metadata["backend"] = local[0].backend
+            metadata["device"] = local[0].device
+            metadata["load_s"] = round(local[0].load_seconds, 3)
+            if local[0].fallback:
+                metadata["backend_fallback"] = local[0].fallback
         if remote:
             metadata.update(remote[0].summary())
             metadata.update(remote[0].metadata)

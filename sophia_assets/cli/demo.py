@@ -14,6 +14,8 @@ SHOWN = (
     "latency_p99_ms",
     "embedded_documents",
     "documents_per_s",
+    "backend",
+    "load_s",
     "vectors",
     "applied_offset",
 )

@@ -1,0 +1,69 @@
+"""The CPU backend: the exported model run by ONNX Runtime, texts tokenized by `tokenizers`.
+
+Neither torch nor transformers is imported here (together they cost seconds per process): a run
+on this backend loads the tokenizer from the folder's `tokenizer.json` and creates one ONNX
+Runtime session from the cached export (see `onnx_export`), which is the whole model load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sophia_assets.embedding.embedder import ModelCard
+from sophia_assets.embedding.onnx_export import INPUTS, OUTPUT, ExportReport, cached_model
+
+
+def load_tokenizer(card: ModelCard):
+    """The folder's fast tokenizer, truncating to the model's window and padding to the longest
+    text of a batch, as the torch backend's tokenizer call does."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(card.path / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=card.max_tokens)
+    pad_id = tokenizer.token_to_id("[PAD]") or 0
+    tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
+    return tokenizer
+
+
+class OnnxEncoder:
+    """Vectors for batches of texts from one ONNX Runtime session."""
+
+    def __init__(self, card: ModelCard, threads: int = 0):
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        if not (card.path / "tokenizer.json").exists():
+            raise FileNotFoundError(f"{card.path} has no tokenizer.json")
+        model, export = cached_model(card)
+        self.export: ExportReport = export
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per physical core, like torch
+        self.session = onnxruntime.InferenceSession(
+            model, options, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = load_tokenizer(card)
+        # For chunking: the whole text's offsets, no special tokens, no truncation or padding.
+        self.offsets_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        self.offsets_tokenizer.no_truncation()
+        self.offsets_tokenizer.no_padding()
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.offsets_tokenizer.encode(text, add_special_tokens=False).offsets
+
+    def encode(self, texts: list[str]) -> Any:
+        """A float32 array, one row per text."""
+        (vectors,) = self.session.run([OUTPUT], feeds(self.tokenizer, texts))
+        return vectors
+
+
+def feeds(tokenizer, texts: list[str]) -> dict[str, Any]:
+    """The graph's inputs for a batch: token ids, attention mask and token types, as int64."""
+    import numpy as np
+
+    encodings = tokenizer.encode_batch(texts)
+    rows = {
+        "input_ids": [e.ids for e in encodings],
+        "attention_mask": [e.attention_mask for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+    }
+    return {name: np.array(rows[name], dtype=np.int64) for name in INPUTS}
