@@ -5,7 +5,12 @@
 - pipeline: read the change journal, embed, write `sophia/vector_updates`, apply to the
   pgvector index (model loaded beforehand; the capture is not part of it);
 - incremental: the same pipeline after 1% of the documents changed, as a fraction of the full
-  run's time.
+  run's time;
+- per backend (torch, ONNX fp32), on the same documents: our embedder's `embed_documents`
+  (chunking, length-sorted batches) in documents/s and as a ratio to raw; the min and mean
+  cosine of its chunk vectors to raw torch's; recall@5/@10 of held-out probes (one sentence
+  taken from each document, searched against an index of the full documents, a document
+  scoring its best chunk); and its load time in a fresh process (imports, model, tokenizer).
 """
 
 from __future__ import annotations
@@ -13,15 +18,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.report import add_json_flag, say
 from bench.scratch import scratch_capture, scratch_database
 from sophia_assets.catalog import Catalog
 
 ENV = "SOPHIA_BENCH_URL"
+BACKENDS = {"torch": ("torch", "fp32"), "onnx_fp32": ("onnx", "fp32")}
+LOAD_SCRIPT = """
+import sys, time
+from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
+card = ModelCard.read(default_model_path())
+card.weights_digest
+embedder = Embedder(card, device="cpu", backend=sys.argv[1], precision=sys.argv[2])
+print(embedder.backend, embedder.load_seconds)
+"""
+
+
+@dataclass
+class BackendFigures:
+    """Our embedder on one backend, on the same documents as raw encode."""
+
+    seconds: float
+    min_cosine: float
+    mean_cosine: float
+    recall_at_5: float
+    recall_at_10: float
+    load_seconds: float
 
 
 @dataclass
@@ -33,10 +61,25 @@ class EmbedFigures:
     pipeline_seconds: float
     incremental_documents: int
     incremental_seconds: float
+    pipeline_backend: str = ""
+    probes: int = 0
+    backends: dict[str, BackendFigures] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         raw = self.documents / self.raw_seconds
         pipeline = self.documents / self.pipeline_seconds
+        per_backend = {}
+        for name, figures in self.backends.items():
+            rate = self.documents / figures.seconds
+            per_backend |= {
+                f"{name}_docs_per_s": round(rate, 2),
+                f"{name}_ratio": round(rate / raw, 3),
+                f"{name}_min_cosine": round(figures.min_cosine, 6),
+                f"{name}_mean_cosine": round(figures.mean_cosine, 6),
+                f"{name}_recall_at_5": round(figures.recall_at_5, 4),
+                f"{name}_recall_at_10": round(figures.recall_at_10, 4),
+                f"{name}_load_s": round(figures.load_seconds, 3),
+            }
         return {
             "documents": self.documents,
             "chunks": self.chunks,
@@ -47,6 +90,9 @@ class EmbedFigures:
             "incremental_documents": self.incremental_documents,
             "incremental_seconds": round(self.incremental_seconds, 3),
             "incremental_fraction": round(self.incremental_seconds / self.pipeline_seconds, 4),
+            "pipeline_backend": self.pipeline_backend,
+            "probes": self.probes,
+            **per_backend,
         }
 
 
@@ -64,7 +110,7 @@ def run_embed_bench(
     from sophia_assets.vectors.pgvector import PgVectorIndex
 
     card = ModelCard.read(default_model_path())
-    embedder = Embedder(card)
+    embedder = Embedder(card, backend="auto")  # what a run uses: ONNX on the CPU
     with scratch_database(platform_url, "embed") as url:
         os.environ[ENV] = url
         index = PgVectorIndex(lambda: psycopg2.connect(url))
@@ -75,17 +121,20 @@ def run_embed_bench(
         conn = psycopg2.connect(url)
         with conn, conn.cursor() as cur:
             cur.execute("SELECT title, body FROM public.documents ORDER BY id")
-            texts = [
-                chunk
-                for title, body in cur.fetchall()
-                for chunk in embedder.chunks(f"{title}\n\n{body}")
-            ]
+            documents = [f"{title}\n\n{body}" for title, body in cur.fetchall()]
         conn.close()
+        texts = [chunk for document in documents for chunk in embedder.chunks(document)]
         say(f"raw: SentenceTransformer.encode of {len(texts)} chunks of {rows} documents...")
         raw_model = SentenceTransformer(str(card.path), device=embedder.device)
         started = time.perf_counter()
-        raw_model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True)
+        raw = raw_model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True)
         raw_seconds = time.perf_counter() - started
+        del raw_model
+        probes = held_out_probes(documents)
+        backends = {
+            name: backend_figures(card, name, documents, raw, probes, embedder.batch_size)
+            for name in BACKENDS
+        }
 
         def pipeline() -> float:
             began = time.perf_counter()
@@ -113,7 +162,82 @@ def run_embed_bench(
         pipeline_seconds,
         changed,
         incremental_seconds,
+        pipeline_backend=embedder.backend,
+        probes=len(probes),
+        backends=backends,
     )
+
+
+def backend_figures(
+    card, name: str, documents: list[str], raw, probes: list[tuple[int, str]], batch_size: int
+) -> BackendFigures:
+    """Our embedder on one backend: speed, agreement with raw torch, recall, load time."""
+    import numpy as np
+
+    from sophia_assets.embedding.embedder import Embedder
+
+    backend, precision = BACKENDS[name]
+    say(f"{name}: our embedder on {len(documents)} documents, then {len(probes)} probes...")
+    embedder = Embedder(card, device="cpu", batch_size=batch_size, backend=backend)
+    if embedder.backend != backend:
+        raise RuntimeError(f"{name}: the {backend} backend did not load ({embedder.fallback})")
+    started = time.perf_counter()
+    per_document = embedder.embed_documents(documents)
+    seconds = time.perf_counter() - started
+    vectors = np.array([v for chunks in per_document for v in chunks], dtype=np.float32)
+    cosine = (vectors * raw).sum(axis=1) / np.maximum(
+        np.linalg.norm(vectors, axis=1) * np.linalg.norm(raw, axis=1), 1e-12
+    )
+    owners = np.array([i for i, chunks in enumerate(per_document) for _ in chunks])
+    queries = np.array(embedder.embed([text for _, text in probes]), dtype=np.float32)
+    recall = recall_at(queries, [i for i, _ in probes], vectors, owners, len(documents), (5, 10))
+    return BackendFigures(
+        seconds=seconds,
+        min_cosine=float(cosine.min()),
+        mean_cosine=float(cosine.mean()),
+        recall_at_5=recall[5],
+        recall_at_10=recall[10],
+        load_seconds=fresh_load_seconds(backend, precision),
+    )
+
+
+def held_out_probes(documents: list[str]) -> list[tuple[int, str]]:
+    """Per document, its longest sentence of at least six words (body only, not the title)."""
+    probes = []
+    for i, document in enumerate(documents):
+        body = document.split("\n\n", 1)[-1]
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n\s*\n", body)]
+        sentences = [s for s in sentences if len(s.split()) >= 6]
+        if sentences:
+            probes.append((i, max(sentences, key=len)))
+    return probes
+
+
+def recall_at(queries, truth: list[int], vectors, owners, documents: int, ks) -> dict:
+    """The share of probes whose own document is among the k best, a document scoring its best
+    chunk (vectors are normalised, so the dot product is the cosine)."""
+    import numpy as np
+
+    scores = queries @ vectors.T
+    best = np.full((len(queries), documents), -np.inf, dtype=np.float32)
+    for chunk, owner in enumerate(owners):
+        np.maximum(best[:, owner], scores[:, chunk], out=best[:, owner])
+    rank = (best > best[np.arange(len(truth)), truth][:, None]).sum(axis=1)
+    return {k: float((rank < k).mean()) for k in ks}
+
+
+def fresh_load_seconds(backend: str, precision: str) -> float:
+    """`Embedder.load_seconds` in a new process: what a run pays before its first vector."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, backend, precision],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded, seconds = result.stdout.split()[-2:]
+    if loaded != backend:
+        raise RuntimeError(f"a fresh process loaded {loaded}, not {backend}")
+    return float(seconds)
 
 
 def print_embed_figures(figures: EmbedFigures, as_json: bool) -> None:
@@ -122,8 +246,19 @@ def print_embed_figures(figures: EmbedFigures, as_json: bool) -> None:
         f"raw SentenceTransformer.encode: {data['raw_docs_per_s']:>8} documents/s "
         f"({figures.chunks} chunks, {figures.device})"
     )
-    print(f"our pipeline:                   {data['pipeline_docs_per_s']:>8} documents/s")
+    print(
+        f"our pipeline:                   {data['pipeline_docs_per_s']:>8} documents/s "
+        f"({figures.pipeline_backend})"
+    )
     print(f"ratio (pipeline / raw):         {data['ratio']:>8}")
+    for name in figures.backends:
+        print(
+            f"{name + ' embed_documents:':<32}{data[f'{name}_docs_per_s']:>8} documents/s, "
+            f"{data[f'{name}_ratio']}x raw; cosine to raw min {data[f'{name}_min_cosine']} "
+            f"mean {data[f'{name}_mean_cosine']}; recall@5 {data[f'{name}_recall_at_5']} "
+            f"@10 {data[f'{name}_recall_at_10']} ({figures.probes} probes); "
+            f"load {data[f'{name}_load_s']} s"
+        )
     print(
         f"incremental after {figures.incremental_documents} changes: "
         f"{data['incremental_seconds']} s = {data['incremental_fraction']:.2%} of the full run"

@@ -7,6 +7,7 @@ Runtime session from the cached export (see `onnx_export`), which is the whole m
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sophia_assets.embedding.embedder import ModelCard
@@ -28,7 +29,7 @@ def load_tokenizer(card: ModelCard):
 class OnnxEncoder:
     """Vectors for batches of texts from one ONNX Runtime session."""
 
-    def __init__(self, card: ModelCard, threads: int = 0):
+    def __init__(self, card: ModelCard, threads: int | None = None):
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -37,7 +38,11 @@ class OnnxEncoder:
         model, export = cached_model(card)
         self.export: ExportReport = export
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per physical core, like torch
+        # One thread per CPU this process may use, as torch does (ONNX Runtime's own default
+        # counts physical cores, which is one where two hyperthreads are all a container has).
+        options.intra_op_num_threads = threads or _usable_cpus()
+        # Threads that spin while waiting for work steal the CPU from others on a shared machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             model, options, providers=["CPUExecutionProvider"]
         )
@@ -67,3 +72,10 @@ def feeds(tokenizer, texts: list[str]) -> dict[str, Any]:
         "token_type_ids": [e.type_ids for e in encodings],
     }
     return {name: np.array(rows[name], dtype=np.int64) for name in INPUTS}
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
