@@ -63,7 +63,7 @@ def run_search_bench(
 
     if documents + queries > len(corpus):
         raise ValueError(f"the corpus has {len(corpus)} documents; ask for fewer")
-    embedder = Embedder(ModelCard.read(default_model_path()))
+    embedder = Embedder(ModelCard.read(default_model_path()), backend="auto")  # as a run does
     with scratch_database(platform_url, "search") as url:
         os.environ[ENV] = url
         index = PgVectorIndex(lambda: psycopg2.connect(url))
