@@ -1,12 +1,14 @@
 """`uv run python -m bench.embed`: our embedding pipeline against raw `SentenceTransformer.encode`.
 
 - raw: `SentenceTransformer.encode` of exactly the texts the model sees in our pipeline
-  (documents split into chunks), model loaded beforehand;
+  (documents split into chunks), model loaded beforehand, at the library's default batch size
+  (32), the baseline every ratio is against; and again at our CPU batch size, to tell how much
+  of a ratio is the batch size and how much the backend;
 - pipeline: read the change journal, embed, write `sophia/vector_updates`, apply to the
   pgvector index (model loaded beforehand; the capture is not part of it);
 - incremental: the same pipeline after 1% of the documents changed, as a fraction of the full
   run's time;
-- per backend (torch, ONNX fp32), on the same documents: our embedder's `embed_documents`
+- per backend (torch, ONNX fp32, ONNX int8), on the same documents: our embedder's `embed_documents`
   (chunking, length-sorted batches) in documents/s and as a ratio to raw; the min and mean
   cosine of its chunk vectors to raw torch's; recall@5/@10 of held-out probes (one sentence
   taken from each document, searched against an index of the full documents, a document
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -29,13 +30,19 @@ from bench.scratch import scratch_capture, scratch_database
 from sophia_assets.catalog import Catalog
 
 ENV = "SOPHIA_BENCH_URL"
-BACKENDS = {"torch": ("torch", "fp32"), "onnx_fp32": ("onnx", "fp32")}
+BACKENDS = {
+    "torch": ("torch", "fp32"),
+    "onnx_fp32": ("onnx", "fp32"),
+    "onnx_int8": ("onnx", "int8"),
+}
+RAW_BATCH = 32  # SentenceTransformer.encode's default
 LOAD_SCRIPT = """
 import sys, time
+from resources.embedder import guard_documents
 from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
-card = ModelCard.read(default_model_path())
+card = ModelCard.read(default_model_path()).at_precision(sys.argv[2])
 card.weights_digest
-embedder = Embedder(card, device="cpu", backend=sys.argv[1], precision=sys.argv[2])
+embedder = Embedder(card, device="cpu", backend=sys.argv[1], guard_documents=guard_documents)
 print(embedder.backend, embedder.load_seconds)
 """
 
@@ -58,6 +65,7 @@ class EmbedFigures:
     chunks: int
     device: str
     raw_seconds: float
+    raw_small_batch_seconds: float
     pipeline_seconds: float
     incremental_documents: int
     incremental_seconds: float
@@ -85,6 +93,8 @@ class EmbedFigures:
             "chunks": self.chunks,
             "device": self.device,
             "raw_docs_per_s": round(raw, 2),
+            "raw_batch": RAW_BATCH,
+            "raw_small_batch_docs_per_s": round(self.documents / self.raw_small_batch_seconds, 2),
             "pipeline_docs_per_s": round(pipeline, 2),
             "ratio": round(pipeline / raw, 3),
             "incremental_documents": self.incremental_documents,
@@ -97,7 +107,12 @@ class EmbedFigures:
 
 
 def run_embed_bench(
-    platform_url: str, catalog: Catalog, rows: int, corpus, say=print
+    platform_url: str,
+    catalog: Catalog,
+    rows: int,
+    corpus,
+    say=print,
+    backends: tuple[str, ...] = tuple(BACKENDS),
 ) -> EmbedFigures:
     import psycopg2
     from sentence_transformers import SentenceTransformer
@@ -106,6 +121,7 @@ def run_embed_bench(
     from sophia_assets.embedding.derivation import VectorUpdates
     from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
     from sophia_assets.embedding.index_sync import sync_index
+    from sophia_assets.embedding.recall import held_out_probes
     from sophia_assets.flow.capture import CaptureRunner
     from sophia_assets.vectors.pgvector import PgVectorIndex
 
@@ -127,13 +143,17 @@ def run_embed_bench(
         say(f"raw: SentenceTransformer.encode of {len(texts)} chunks of {rows} documents...")
         raw_model = SentenceTransformer(str(card.path), device=embedder.device)
         started = time.perf_counter()
-        raw = raw_model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True)
+        raw = raw_model.encode(texts, batch_size=RAW_BATCH, normalize_embeddings=True)
         raw_seconds = time.perf_counter() - started
+        say(f"raw again at our batch size ({embedder.batch_size})...")
+        started = time.perf_counter()
+        raw_model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True)
+        raw_small_batch_seconds = time.perf_counter() - started
         del raw_model
         probes = held_out_probes(documents)
         backends = {
             name: backend_figures(card, name, documents, raw, probes, embedder.batch_size)
-            for name in BACKENDS
+            for name in backends
         }
 
         def pipeline() -> float:
@@ -159,6 +179,7 @@ def run_embed_bench(
         len(texts),
         embedder.device,
         raw_seconds,
+        raw_small_batch_seconds,
         pipeline_seconds,
         changed,
         incremental_seconds,
@@ -174,11 +195,16 @@ def backend_figures(
     """Our embedder on one backend: speed, agreement with raw torch, recall, load time."""
     import numpy as np
 
+    from resources.embedder import guard_documents
     from sophia_assets.embedding.embedder import Embedder
+    from sophia_assets.embedding.recall import recall_at
 
     backend, precision = BACKENDS[name]
     say(f"{name}: our embedder on {len(documents)} documents, then {len(probes)} probes...")
-    embedder = Embedder(card, device="cpu", batch_size=batch_size, backend=backend)
+    card = card.at_precision(precision)
+    embedder = Embedder(
+        card, device="cpu", batch_size=batch_size, backend=backend, guard_documents=guard_documents
+    )
     if embedder.backend != backend:
         raise RuntimeError(f"{name}: the {backend} backend did not load ({embedder.fallback})")
     started = time.perf_counter()
@@ -201,31 +227,6 @@ def backend_figures(
     )
 
 
-def held_out_probes(documents: list[str]) -> list[tuple[int, str]]:
-    """Per document, its longest sentence of at least six words (body only, not the title)."""
-    probes = []
-    for i, document in enumerate(documents):
-        body = document.split("\n\n", 1)[-1]
-        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n\s*\n", body)]
-        sentences = [s for s in sentences if len(s.split()) >= 6]
-        if sentences:
-            probes.append((i, max(sentences, key=len)))
-    return probes
-
-
-def recall_at(queries, truth: list[int], vectors, owners, documents: int, ks) -> dict:
-    """The share of probes whose own document is among the k best, a document scoring its best
-    chunk (vectors are normalised, so the dot product is the cosine)."""
-    import numpy as np
-
-    scores = queries @ vectors.T
-    best = np.full((len(queries), documents), -np.inf, dtype=np.float32)
-    for chunk, owner in enumerate(owners):
-        np.maximum(best[:, owner], scores[:, chunk], out=best[:, owner])
-    rank = (best > best[np.arange(len(truth)), truth][:, None]).sum(axis=1)
-    return {k: float((rank < k).mean()) for k in ks}
-
-
 def fresh_load_seconds(backend: str, precision: str) -> float:
     """`Embedder.load_seconds` in a new process: what a run pays before its first vector."""
     result = subprocess.run(
@@ -244,7 +245,8 @@ def print_embed_figures(figures: EmbedFigures, as_json: bool) -> None:
     data = figures.as_dict()
     print(
         f"raw SentenceTransformer.encode: {data['raw_docs_per_s']:>8} documents/s "
-        f"({figures.chunks} chunks, {figures.device})"
+        f"({figures.chunks} chunks, {figures.device}, batch {RAW_BATCH}); "
+        f"{data['raw_small_batch_docs_per_s']} at our batch size"
     )
     print(
         f"our pipeline:                   {data['pipeline_docs_per_s']:>8} documents/s "
@@ -270,8 +272,17 @@ def print_embed_figures(figures: EmbedFigures, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.embed", description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000, help="documents (1000)")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"which of {', '.join(BACKENDS)} to measure (all; onnx_int8's first use quantizes "
+        "and runs its recall guard, a minute or two)",
+    )
     add_json_flag(parser)
     args = parser.parse_args(argv)
+    backends = tuple(args.backends.split(","))
+    if unknown := set(backends) - set(BACKENDS):
+        parser.error(f"--backends: unknown {', '.join(sorted(unknown))}")
     from sophia_assets.catalog import load_catalog
     from sophia_assets.demo.corpus import demo_corpus
     from sophia_assets.home import flow_specs_dir, sophia_home
@@ -279,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     corpus = demo_corpus(sophia_home())
     figures = run_embed_bench(
-        postgres_url(), load_catalog(flow_specs_dir()), args.rows, corpus, say=say
+        postgres_url(), load_catalog(flow_specs_dir()), args.rows, corpus, say, backends
     )
     print_embed_figures(figures, args.json)
     return 0

@@ -17,7 +17,7 @@ CASES = {
         {"floor_rows_per_s", "journal_rows_per_s", "ratio", "latency_p50_ms", "latency_p99_ms"},
     ),
     "embed": (
-        ["--rows", "40"],
+        ["--rows", "40", "--backends", "torch,onnx_fp32"],  # int8's guard: tests/test_onnx_int8
         {"raw_docs_per_s", "pipeline_docs_per_s", "ratio", "incremental_fraction"},
     ),
     "search": (["--documents", "200", "--queries", "50"], {"p50_ms", "p99_ms"}),

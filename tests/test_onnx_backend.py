@@ -162,7 +162,7 @@ def test_a_damaged_or_missing_cache_is_rebuilt(
 
     assert embedder.backend == "onnx", embedder.fallback
     assert len(exports) == 1
-    assert onnx_export.cached_model(card)[1].sha256 == embedder._onnx.export.sha256
+    assert onnx_export.cached_model(card)[1].sha256 == embedder.export.sha256
     assert sorted(p.name for p in folder.parent.iterdir()) == [key]  # no partial left behind
     assert len(exports) == 1
 
@@ -201,9 +201,11 @@ def test_a_failed_export_falls_back_to_torch_and_says_why(
 def test_the_code_version_moves_only_when_vectors_would(card: ModelCard) -> None:
     versions = {EmbedderResource(backend=b).card().version for b in ("auto", "torch", "onnx")}
     assert versions == {card.version}  # fp32 ONNX equals torch: same vectors, same version
-    with pytest.raises(ModelError, match="int8 is not offered.*recall"):
-        EmbedderResource(precision="int8").card()
-    with pytest.raises(ModelError, match="int8 is not offered"):
-        Embedder(card, device="cpu", backend="onnx", precision="int8")
+    int8 = {EmbedderResource(backend=b, precision="int8").card().version for b in ("auto", "onnx")}
+    assert int8 == {f"{card.version}+int8"}  # int8 vectors differ: a new version
+    with pytest.raises(ModelError, match="int8 runs on the onnx backend"):
+        EmbedderResource(backend="torch", precision="int8").card()
     with pytest.raises(ModelError, match="unknown"):
         EmbedderResource(backend="tensorrt").card()
+    with pytest.raises(ModelError, match="unknown"):
+        EmbedderResource(precision="fp16").card()

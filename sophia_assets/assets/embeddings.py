@@ -36,6 +36,12 @@ def vector_updates_asset(
         local = []  # or the in-process embedder, loaded on the first batch (if any)
         stack = ExitStack()
         if context.run.tags.get(RUNNER_TAG) == "gpu":
+            if embedder.precision != "fp32":
+                raise dg.Failure(
+                    f"embedder precision {embedder.precision} runs on the CPU's ONNX backend; a "
+                    f"{RUNNER_TAG}=gpu run embeds with torch, whose vectors differ. Run without "
+                    "the tag, or set the embedder's precision to fp32 (which re-embeds)."
+                )
             context.log.info(
                 f"tagged {RUNNER_TAG}=gpu: embedding through {type(gpu_runner).__name__}"
             )

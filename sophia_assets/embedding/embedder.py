@@ -14,7 +14,12 @@ formed from texts sorted by length, so little compute goes to padding.
 Two backends run the model behind the same interface: `torch` (the default on CUDA, in half
 precision there) and `onnx`, the default on the CPU (see `onnx_backend`), whose vectors equal
 torch's within a cosine of 1e-4, checked when the model is exported. If the ONNX backend cannot
-be made ready, the embedder falls back to torch and logs why.
+be made ready, the embedder falls back to torch and logs why. Precision `int8` (ONNX only) is
+offered where a guard measured that it keeps retrieval quality (`onnx_quantize`); its vectors
+differ, so it is part of the model's version.
+
+On the CPU, batches are small (`CPU_BATCH`): here both backends embedded 256-token chunks
+faster in batches of 4 than of 32 or 64 (attention's working set outgrows the caches).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,12 +37,8 @@ from typing import Any
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("fp32", "int8")
-INT8_REFUSED = (
-    "precision int8 is not offered: dynamic int8 quantization of this model measured a mean "
-    "cosine of 0.94 to the fp32 vectors, and no quantization has yet passed the guard that "
-    "would allow it (recall@5 and recall@10 on held-out probes within 1 point of fp32's); "
-    "use precision fp32"
-)
+CPU_BATCH = 4  # texts per model call on the CPU (measured; see the module's docstring)
+CUDA_BATCH = 64
 
 log = logging.getLogger("sophia.embedding")
 
@@ -62,6 +63,7 @@ class ModelCard:
     pooling: str  # "mean" or "cls"
     normalize: bool
     dimensions: int
+    precision: str = "fp32"  # int8 vectors differ from fp32's, so the version names it
 
     @classmethod
     def read(cls, path: Path, name: str | None = None) -> ModelCard:
@@ -107,7 +109,16 @@ class ModelCard:
 
     @property
     def version(self) -> str:
-        return f"{self.name}@{self.weights_digest[:16]}"
+        """What the vectors depend on: the weights and, when not fp32, the precision (fp32 on
+        either backend gives the same vectors, so the backend is not part of it)."""
+        suffix = "" if self.precision == "fp32" else f"+{self.precision}"
+        return f"{self.name}@{self.weights_digest[:16]}{suffix}"
+
+    def at_precision(self, precision: str) -> ModelCard:
+        card = replace(self, precision=precision)
+        if "weights_digest" in self.__dict__:  # keep the digest already computed
+            card.__dict__["weights_digest"] = self.weights_digest
+        return card
 
 
 def _model_name(path: Path) -> str:
@@ -124,9 +135,11 @@ def check_choice(backend: str, precision: str) -> None:
     if backend not in BACKENDS:
         raise ModelError(f"backend {backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise ModelError(f"precision {precision!r} is unknown; choose fp32")
-    if precision == "int8":
-        raise ModelError(INT8_REFUSED)
+        raise ModelError(
+            f"precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}"
+        )
+    if precision == "int8" and backend == "torch":
+        raise ModelError("precision int8 runs on the onnx backend only; use backend auto or onnx")
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -156,45 +169,78 @@ class Embedder:
     """A loaded model: `chunks` splits text to the model's window, `embed` returns vectors.
 
     `backend` is `torch` (the default here, so existing callers such as the Pipes entrypoint
-    run exactly as before), `onnx` or `auto`; the embedder resource passes `auto`. After
-    loading, `backend` says which one runs, `fallback` why ONNX was not used (or None) and
-    `load_seconds` how long the load took."""
+    run exactly as before), `onnx` or `auto`; the embedder resource passes `auto`. The precision
+    is the card's. After loading, `backend` says which one runs, `fallback` why ONNX was not
+    used (or None) and `load_seconds` how long the load took. `encoder` runs a given ONNX
+    encoder instead of loading one (the int8 guard compares two); `guard_documents` supplies
+    the documents that guard measures recall on, when int8 is first made."""
 
     def __init__(
         self,
         card: ModelCard,
         device: str = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         chunk_overlap: int = 32,
         backend: str = "torch",
-        precision: str = "fp32",
+        encoder: Any = None,
+        guard_documents: Callable[[], Sequence[str]] | None = None,
     ):
         started = time.perf_counter()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        check_choice(backend, precision)
+        backend = "onnx" if encoder is not None else backend
+        check_choice(backend, card.precision)
         self.card = card
-        self.batch_size = batch_size
         self.chunk_overlap = chunk_overlap
-        self.precision = precision
         # Room for [CLS] and [SEP] inside the window.
         self.window = card.max_tokens - 2
         self.backend = resolve_backend(backend, device)
+        if card.precision != "fp32" and self.backend != "onnx":
+            raise ModelError(
+                f"precision {card.precision} runs on the onnx backend, on the CPU; device "
+                f"{device!r} means CUDA, where torch runs: use precision fp32 there"
+            )
         self.fallback: str | None = None
-        self._onnx = None
-        if self.backend == "onnx":
-            try:
-                from sophia_assets.embedding.onnx_backend import OnnxEncoder
-
-                self._onnx = OnnxEncoder(card)
-                self.device = "cpu"
-            except Exception as error:  # whatever the reason, torch still embeds
-                self.fallback = f"{type(error).__name__}: {error}"
-                log.warning(f"the ONNX backend is not available ({self.fallback}); using torch")
-                self.backend = "torch"
+        self.export: Any = None  # the ONNX model's export (or int8 guard) report
+        self._onnx = encoder
+        if self.backend == "onnx" and encoder is None:
+            self._load_onnx(guard_documents)
         if self.backend == "torch":
             self._load_torch(device)
+        else:
+            self.device = "cpu"
+        self.batch_size = batch_size or (
+            CUDA_BATCH if self.device.startswith("cuda") else CPU_BATCH
+        )
         self.load_seconds = time.perf_counter() - started
+
+    def _load_onnx(self, guard_documents: Callable[[], Sequence[str]] | None) -> None:
+        """The ONNX encoder; at fp32, any failure falls back to torch (same vectors), while int8
+        has no fallback, since torch's vectors are not the ones its version names."""
+        from sophia_assets.embedding.onnx_backend import OnnxEncoder
+
+        try:
+            if self.card.precision == "int8":
+                from sophia_assets.embedding.onnx_quantize import int8_model
+
+                model, self.export = int8_model(self.card, guard_documents)
+            else:
+                from sophia_assets.embedding.onnx_export import cached_model
+
+                model, self.export = cached_model(self.card)
+            self._onnx = OnnxEncoder(self.card, model)
+        except ModelError:
+            raise
+        except Exception as error:  # whatever the reason, torch still embeds fp32
+            reason = f"{type(error).__name__}: {error}"
+            if self.card.precision != "fp32":
+                raise ModelError(
+                    f"precision {self.card.precision} needs the ONNX backend, which failed "
+                    f"({reason}); use precision fp32"
+                ) from error
+            self.fallback = reason
+            log.warning(f"the ONNX backend is not available ({reason}); using torch")
+            self.backend = "torch"
 
     def _load_torch(self, device: str) -> None:
         import torch

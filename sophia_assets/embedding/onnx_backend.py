@@ -2,7 +2,8 @@
 
 Neither torch nor transformers is imported here (together they cost seconds per process): a run
 on this backend loads the tokenizer from the folder's `tokenizer.json` and creates one ONNX
-Runtime session from the cached export (see `onnx_export`), which is the whole model load.
+Runtime session from the cached export (see `onnx_export`, and `onnx_quantize` for int8),
+which is the whole model load.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from typing import Any
 
 from sophia_assets.embedding.embedder import ModelCard
-from sophia_assets.embedding.onnx_export import INPUTS, OUTPUT, ExportReport, cached_model
+from sophia_assets.embedding.onnx_export import INPUTS, OUTPUT
 
 
 def load_tokenizer(card: ModelCard):
@@ -29,14 +30,12 @@ def load_tokenizer(card: ModelCard):
 class OnnxEncoder:
     """Vectors for batches of texts from one ONNX Runtime session."""
 
-    def __init__(self, card: ModelCard, threads: int | None = None):
+    def __init__(self, card: ModelCard, model: bytes, threads: int | None = None):
         import onnxruntime
         from tokenizers import Tokenizer
 
         if not (card.path / "tokenizer.json").exists():
             raise FileNotFoundError(f"{card.path} has no tokenizer.json")
-        model, export = cached_model(card)
-        self.export: ExportReport = export
         options = onnxruntime.SessionOptions()
         # One thread per CPU this process may use, as torch does (ONNX Runtime's own default
         # counts physical cores, which is one where two hyperthreads are all a container has).
