@@ -1,7 +1,9 @@
 """Where the project's files and the local state live.
 
 `SOPHIA_HOME` (default `.sophia/` in the working directory) holds everything local: the
-embedded Postgres, caches and the Dagster instance's storage.
+embedded Postgres, caches and the Dagster instance's storage. `SOPHIA_CACHE` may move the
+model caches (the ONNX export, weight digests) elsewhere, so that several homes, or the pods
+of a Kubernetes deployment through a shared volume, export the model once.
 """
 
 import os
@@ -21,3 +23,12 @@ def sophia_home() -> Path:
     home = Path(os.environ.get("SOPHIA_HOME") or ".sophia").expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def cache_dir() -> Path:
+    """Caches of pure functions of pinned inputs, each keyed by those inputs, so safe to share:
+    `SOPHIA_CACHE`, else `SOPHIA_HOME/cache`."""
+    override = os.environ.get("SOPHIA_CACHE")
+    cache = Path(override).expanduser().resolve() if override else sophia_home() / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache

@@ -35,7 +35,9 @@ def _stop_embedded_servers() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """No test sees the developer's own server, Dagster home or catalog override."""
     for name in (
         POSTGRES_URL_ENV,
@@ -48,6 +50,13 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SOPHIA_HOME", str(tmp_path / "sophia-home"))
+    # Model caches are keyed by what they derive from, so one per session is safe, and each
+    # test need not export the model again (30-60 s); the ONNX tests isolate their own.
+    monkeypatch.setenv("SOPHIA_CACHE", str(_shared_cache(tmp_path_factory)))
+
+
+def _shared_cache(factory: pytest.TempPathFactory) -> Path:
+    return factory.getbasetemp() / "shared-model-cache"
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,7 @@ def export_home(tmp_path_factory: pytest.TempPathFactory, card: ModelCard) -> Pa
     home = tmp_path_factory.mktemp("onnx-home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SOPHIA_HOME", str(home))
+        patch.setenv("SOPHIA_CACHE", str(home / "cache"))
         onnx_export.cached_model(card)
     return home
 
@@ -61,6 +62,7 @@ def export_home(tmp_path_factory: pytest.TempPathFactory, card: ModelCard) -> Pa
 def onnx_embedder(export_home: Path, card: ModelCard) -> Embedder:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SOPHIA_HOME", str(export_home))
+        patch.setenv("SOPHIA_CACHE", str(export_home / "cache"))
         embedder = Embedder(card, device="cpu", backend="onnx")
     assert embedder.backend == "onnx", embedder.fallback
     return embedder
@@ -123,6 +125,7 @@ def test_an_intact_cache_is_used_as_it_is(
     exports: list[Path], export_home: Path, card: ModelCard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SOPHIA_HOME", str(export_home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(export_home / "cache"))
     assert Embedder(card, device="cpu", backend="onnx").backend == "onnx"
     assert exports == []
 
@@ -157,6 +160,7 @@ def test_a_damaged_or_missing_cache_is_rebuilt(
     else:
         (folder / REPORT_FILE).write_text("{not json")
     monkeypatch.setenv("SOPHIA_HOME", str(home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
 
     embedder = Embedder(card, device="cpu", backend="onnx")
 
@@ -173,6 +177,7 @@ def test_an_export_finished_by_another_process_is_kept(
     home = tmp_path / "home"
     shutil.copytree(export_home / "cache" / "onnx", home / "cache" / "onnx")
     monkeypatch.setenv("SOPHIA_HOME", str(home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
     folder = onnx_export.cache_dir(card)
     before = (folder / MODEL_FILE).stat().st_ino
 
@@ -184,8 +189,10 @@ def test_an_export_finished_by_another_process_is_kept(
 
 
 def test_a_failed_export_falls_back_to_torch_and_says_why(
-    card: ModelCard, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    card: ModelCard, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path
 ) -> None:
+    monkeypatch.setenv("SOPHIA_CACHE", str(tmp_path / "empty-cache"))
+
     def export(card: ModelCard, path: Path):
         raise ExportError("the exporter met an operator it cannot write")
 

@@ -34,6 +34,7 @@ def int8_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("int8-home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SOPHIA_HOME", str(home))
+        patch.setenv("SOPHIA_CACHE", str(home / "cache"))
         documents = guard_documents()[:GUARD_SIZE]
         int8_model(int8_card(), lambda: documents)
     return home
@@ -45,6 +46,7 @@ def int8_card() -> ModelCard:
 
 def test_int8_keeps_recall_and_says_so(int8_home: Path, monkeypatch) -> None:
     monkeypatch.setenv("SOPHIA_HOME", str(int8_home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(int8_home / "cache"))
     report = json.loads((cache_dir(int8_card()) / INT8_REPORT).read_text())
     assert report["documents"] == GUARD_SIZE and report["probes"] > GUARD_SIZE // 2
     for k in (5, 10):
@@ -53,6 +55,7 @@ def test_int8_keeps_recall_and_says_so(int8_home: Path, monkeypatch) -> None:
 
 def test_int8_vectors_are_close_to_fp32_but_not_equal(int8_home: Path, monkeypatch) -> None:
     monkeypatch.setenv("SOPHIA_HOME", str(int8_home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(int8_home / "cache"))
     texts = guard_documents()[:20]
     int8 = Embedder(int8_card(), device="cpu", backend="auto")
     fp32 = Embedder(int8_card().at_precision("fp32"), device="cpu", backend="auto")
@@ -70,6 +73,7 @@ def test_a_cached_int8_model_is_reused_and_a_damaged_one_made_again(
     home = tmp_path / "home"
     shutil.copytree(int8_home / "cache", home / "cache")
     monkeypatch.setenv("SOPHIA_HOME", str(home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
     folder = cache_dir(int8_card())
     asked = []
 
@@ -91,6 +95,7 @@ def test_a_failed_guard_refuses_int8_with_its_figures(
     home = tmp_path / "home"
     shutil.copytree(int8_home / "cache", home / "cache")
     monkeypatch.setenv("SOPHIA_HOME", str(home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
     path = cache_dir(int8_card()) / INT8_REPORT
     report = QuantReport(**json.loads(path.read_text()))
     failed = replace(report, int8_recall_at_10=report.fp32_recall_at_10 - 0.05)
@@ -117,6 +122,7 @@ def test_int8_without_guard_documents_says_what_to_do(
     home = tmp_path / "home"
     shutil.copytree(int8_home / "cache", home / "cache")
     monkeypatch.setenv("SOPHIA_HOME", str(home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
     for name in (INT8_FILE, INT8_REPORT):
         (cache_dir(int8_card()) / name).unlink()  # the fp32 export alone
     with pytest.raises(ModelError, match="needs documents to guard"):

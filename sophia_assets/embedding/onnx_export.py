@@ -5,8 +5,9 @@ ONNX Runtime returns the final vectors. Before it is kept, the export is checked
 on a fixed set of texts (short, long, empty-ish, non-English): its vectors must equal torch's
 within `MIN_COSINE`, which is what lets the ONNX backend keep the model's code version.
 
-The cache lives in `SOPHIA_HOME/cache/onnx/<key>/` (`model.onnx` and `export.json`), the key
-made of the weights digest, the exporter and the opset. A new export is written to a private
+The cache lives in `<cache>/onnx/<key>/` (`model.onnx` and `export.json`; the cache is
+`SOPHIA_CACHE`, else `SOPHIA_HOME/cache`), the key made of the weights digest, the exporter and
+the opset. A new export is written to a private
 folder and renamed into place, so concurrent processes never see half a model; `export.json`
 holds the model file's sha256, and a cache that does not match it is exported again.
 """
@@ -25,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from sophia_assets.embedding.embedder import ModelCard
-from sophia_assets.home import sophia_home
+from sophia_assets.home import cache_dir as sophia_cache
 
 log = logging.getLogger("sophia.embedding")
 
@@ -80,7 +81,7 @@ def cache_key(card: ModelCard) -> str:
 
 
 def cache_dir(card: ModelCard) -> Path:
-    return sophia_home() / "cache" / "onnx" / cache_key(card)
+    return sophia_cache() / "onnx" / cache_key(card)
 
 
 def cached_model(card: ModelCard) -> tuple[bytes, ExportReport]:

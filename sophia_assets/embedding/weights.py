@@ -1,6 +1,6 @@
 """The model weights' digest, the embedding asset's code version. Hashing ~90 MB costs about a
-second, and every process that loads the code location needs it, so digests are cached under
-SOPHIA_HOME by each file's identity (path, size, modification time): a changed file is hashed
+second, and every process that loads the code location needs it, so digests are cached (see
+`home.cache_dir`) by each file's identity (path, size, modification time): a changed file is hashed
 again, an unchanged one never."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from sophia_assets.home import sophia_home
+from sophia_assets.home import cache_dir
 
 CACHE_FILE = "weights-digests.json"
 
@@ -19,7 +19,7 @@ def weights_digest(model_dir: Path) -> str:
     """sha256 over the folder's weight files (safetensors, then bin), in name order."""
     files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
     identity = json.dumps([_identity(f) for f in files])
-    cache_path = sophia_home() / "cache" / CACHE_FILE
+    cache_path = cache_dir() / CACHE_FILE
     cache = _read(cache_path)
     if identity not in cache:
         cache[identity] = _hash(files)
