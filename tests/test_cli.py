@@ -21,6 +21,7 @@ VERBS = {
     "postgres": ["start", "stop", "status", "url"],
     "flow": ["drain", "serve", "read"],
     "search": [],
+    "api": ["serve"],
     "catalog": ["validate"],
     "db": ["roles", "rotate"],
     "images": ["list", "check"],

@@ -12,10 +12,10 @@ import argparse
 import os
 import sys
 
-from sophia_assets.cli import catalog, db, demo, flow, images, postgres, search
+from sophia_assets.cli import api, catalog, db, demo, flow, images, postgres, search
 
 # In the order `sophia --help` lists them.
-GROUPS = (demo, postgres, flow, search, catalog, db, images)
+GROUPS = (demo, postgres, flow, search, api, catalog, db, images)
 
 
 def parser() -> argparse.ArgumentParser:
