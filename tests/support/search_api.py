@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sophia_assets.api.journal import Lag, ReducedDocument
@@ -124,3 +133,59 @@ def memory_parts() -> tuple[WordEmbedder, MemoryIndex, MemoryJournal]:
         for key, doc in DOCUMENTS.items()
     ]
     return WordEmbedder(), MemoryIndex(records), MemoryJournal(DOCUMENTS)
+
+
+@contextmanager
+def served_api(env: dict[str, str], *flags: str, deadline_s: float = 180.0) -> Iterator[ServedApi]:
+    """`sophia api serve` on a free port, in its own process, once /readyz says ready (polled
+    up to `deadline_s`: the model loads first); stopped with SIGINT afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "sophia"), "api", "serve", "--port", str(port), *flags],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    served = ServedApi(f"http://127.0.0.1:{port}", process)
+    try:
+        served.wait_ready(deadline_s)
+        yield served
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            served.output = process.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            process.kill()
+            served.output = process.communicate()[0]
+
+
+@dataclass
+class ServedApi:
+    url: str
+    process: subprocess.Popen
+    output: str = ""
+
+    def wait_ready(self, deadline_s: float) -> None:
+        import httpx
+
+        give_up = time.monotonic() + deadline_s
+        last = "no answer"
+        while time.monotonic() < give_up:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sophia api serve exited: {self.process.communicate()[0]}")
+            try:
+                answer = httpx.get(f"{self.url}/readyz", timeout=5)
+                if answer.status_code == 200:
+                    return
+                last = answer.text
+            except httpx.TransportError as err:
+                last = repr(err)
+            time.sleep(0.25)  # polling interval, not a wait for a result
+        raise TimeoutError(f"not ready within {deadline_s} s: {last}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
