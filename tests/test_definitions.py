@@ -61,7 +61,9 @@ GPU_IMAGE = dg.AssetKey(["images", "gpu-embedding"])
 HELM_VALUES = dg.AssetKey(["deploy", "helm_values"])
 CAPTURE_LOGIN = dg.AssetKey(["secrets", "postgres_capture"])
 N8N_IMAGE = dg.AssetKey(["images", "n8n"])
-STACKS = {dg.AssetKey(["infra", name]) for name in ("n8n", "dagster", "gpu-embedding")}
+STACKS = {
+    dg.AssetKey(["infra", name]) for name in ("n8n", "dagster", "gpu-embedding", "search-api")
+}
 
 
 def test_graph_has_exactly_the_catalog_images_and_deployment_nodes(asset_graph) -> None:

@@ -192,3 +192,74 @@ def test_gpu_embedding_stack_registers_the_ssh_key_and_exports_the_runner_settin
     assert exports["sshKeyName"] == "sophia-embedding"
     assert exports["fileSystem"] == "sophia-models"
     assert exports["instanceChoices"][0] == "gpu_1x_a10@us-east-1"
+
+
+SEARCH_API_SECRETS = {
+    "searchApiKeys": "api-key-not-plain-1,api-key-not-plain-2",
+    "postgresUrl": "postgresql://app:pw-not-plain@db/sophia",
+    "pineconeApiKey": "pc-not-plain",
+    "pineconeHost": "idx.example.internal",
+}
+
+
+@pytest.fixture(scope="module")
+def search_api():
+    from infra import search_api
+
+    image = "acme/sophia-code-location:0123456789ab@sha256:" + "d" * 64
+    return _run(
+        search_api.program,
+        {"searchApiImage": image, "ingressNamespace": "edge", "postgresCidr": "10.30.0.0/16"},
+        SEARCH_API_SECRETS,
+    )
+
+
+def test_search_api_serves_the_image_as_non_root_and_probes_readyz(search_api) -> None:
+    recorder, exports = search_api
+    [deployment] = recorder.of("kubernetes:apps/v1:Deployment").values()
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"]
+    [container] = pod["containers"]
+    assert container["image"] == exports["image"]
+    assert container["image"].startswith("acme/sophia-code-location:")
+    assert container["command"][:3] == ["sophia", "api", "serve"]
+    assert "--port" in container["command"] and "8080" in container["command"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert _env(container)["SOPHIA_API_KEYS"] == {
+        "secretKeyRef": {"name": "search-api", "key": "SOPHIA_API_KEYS"}
+    }
+    [service] = recorder.of("kubernetes:core/v1:Service").values()
+    assert service["spec"]["ports"][0]["targetPort"] == 8080
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_search_api_scales_on_cpu(search_api) -> None:
+    [hpa] = search_api[0].of("kubernetes:autoscaling/v2:HorizontalPodAutoscaler").values()
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"]["name"] == "search-api"
+    assert spec["minReplicas"] >= 2 and spec["maxReplicas"] > spec["minReplicas"]
+    assert spec["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_search_api_admits_only_the_ingress_namespace(search_api) -> None:
+    policies = search_api[0].of("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    deny = policies["search-api-default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    [rule] = policies["search-api-ingress"]["spec"]["ingress"]
+    assert rule == {
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}],
+        "ports": [{"port": 8080}],
+    }
+    egress = policies["search-api-egress"]["spec"]["egress"]
+    assert {"cidr": "10.30.0.0/16"} in [
+        t.get("ipBlock") for rule in egress for t in rule.get("to", [])
+    ]
+    assert sorted(p["port"] for rule in egress for p in rule["ports"]) == [53, 53, 443, 5432]
+
+
+def test_search_api_secrets_are_never_plain(search_api) -> None:
+    recorder, exports = search_api
+    _assert_no_plain_secret(recorder, SEARCH_API_SECRETS)
+    assert all(s not in str(exports) for s in SEARCH_API_SECRETS.values())

@@ -49,6 +49,14 @@ STACKS = [
         None,
         "What the Lambda GPU runner needs: its SSH key and file system, as outputs.",
     ),
+    StackSpec(
+        "search-api",
+        "infra.search_api",
+        dg.AssetKey(["images", "code-location"]),
+        "searchApiImage",
+        "The search API (`sophia api serve`) from the code-location image: HPA on CPU, "
+        "readiness on /readyz, only the ingress namespace admitted.",
+    ),
 ]
 
 
