@@ -40,12 +40,20 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         default=32,
         help="query embeddings batched in one model call (32; 1: no batching)",
     )
+    serve.add_argument(
+        "--model-threads",
+        type=int,
+        default=1,
+        help="torch threads per query embedding (1: on 2 shared cores, more threads cost "
+        "more than they save; see bench/api.py)",
+    )
     serve.set_defaults(handler=serve_api)
 
 
 def serve_api(args: argparse.Namespace) -> int:
     import os
 
+    import torch
     import uvicorn
 
     from resources.embedder import EmbedderResource
@@ -65,6 +73,7 @@ def serve_api(args: argparse.Namespace) -> int:
             f"{KEYS_ENV} is empty; set it to a comma-separated list of API keys "
             "(clients send one as `Authorization: Bearer KEY`)"
         )
+    torch.set_num_threads(args.model_threads)
     postgres = PostgresResource()
     settings = ServiceSettings(args.pool_size, args.max_batch, args.max_lag_seconds)
     service = SearchService(
