@@ -12,6 +12,10 @@ from tests.support.processes import run_bench
 pytestmark = pytest.mark.slow
 
 CASES = {
+    "api": (
+        ["--documents", "200", "--seconds", "1"],
+        {"p99_ms_at", "max_rate_p99_under_200ms", "floor_rate"},
+    ),
     "cdc": (
         ["--rows", "3000", "--rate", "200", "--seconds", "1"],
         {"floor_rows_per_s", "journal_rows_per_s", "ratio", "latency_p50_ms", "latency_p99_ms"},

@@ -1,0 +1,267 @@
+"""`python -m bench.api`: the search API under an open-loop load.
+
+Starts `sophia api serve` on a scratch pgvector index of 10,000 demo documents (one vector per
+document, from its title and first paragraph, as bench.search builds it), then sends searches
+of held-out documents' first lines at fixed arrival rates from an async HTTP client. Arrivals
+follow a Poisson schedule that does not wait for answers (open loop), and each latency runs
+from the request's scheduled time, so queueing anywhere (client, server, database) counts.
+
+Reports p50/p95/p99 at 10, 50 and 100 requests/s, then tries fractions of the floor rate and
+reports the highest rate whose p99 stays under 200 ms. The floor, measured in the same run, is
+the service's cores divided by the CPU time of one query embedding (this process's CPU time
+over single-query embeddings) plus one index query (the Postgres backend's CPU time, read
+from /proc through psutil). Client, service and Postgres share this machine's cores."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.scratch import scratch_database
+from bench.search import _first_line
+
+KEY = "bench-api-key"
+FIXED_RATES = (10, 50, 100)
+FLOOR_FRACTIONS = (0.5, 0.7, 0.85, 1.0, 1.2)
+TARGET_P99_MS = 200.0
+
+
+@dataclass
+class RateFigures:
+    rate: float
+    sent: int
+    errors: int
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def percentiles(self) -> dict[str, float | None]:
+        if len(self.latencies_ms) < 2:
+            return {"p50": None, "p95": None, "p99": None}
+        cuts = statistics.quantiles(self.latencies_ms, n=100, method="inclusive")
+        return {"p50": round(cuts[49], 2), "p95": round(cuts[94], 2), "p99": round(cuts[98], 2)}
+
+    def under_target(self) -> bool:
+        p99 = self.percentiles()["p99"]
+        return self.errors == 0 and p99 is not None and p99 < TARGET_P99_MS
+
+
+def build_index(url: str, embedder, corpus, documents: int, say) -> None:
+    import psycopg2
+
+    from sophia_assets.vectors import VectorRecord
+    from sophia_assets.vectors.pgvector import PgVectorIndex
+
+    index = PgVectorIndex(lambda: psycopg2.connect(url))
+    say(f"indexing {documents} documents...")
+    vectors = embedder.embed([_first_line(d.title, d.body) for d in corpus[:documents]])
+    records = [
+        VectorRecord(f"{i + 1}:0", v, {"source_key": i + 1, "chunk": 0, "title": corpus[i].title})
+        for i, v in enumerate(vectors)
+    ]
+    for start in range(0, len(records), 2000):
+        index.apply(records[start : start + 2000], [], start + 2000)
+
+
+def measure_floor(url: str, embedder, questions: list[str], cores: float) -> dict:
+    """CPU seconds of one query embedding and of one index query, and the rate they allow."""
+    import psutil
+    import psycopg2
+    import torch
+
+    from sophia_assets.vectors.pgvector import PgVectorIndex, PgVectorSession
+
+    torch.set_num_threads(1)  # as `sophia api serve` embeds queries (--model-threads 1)
+    sample = questions[:200]
+    for q in sample[:20]:
+        embedder.embed([q])
+    started = time.process_time()
+    vectors = [embedder.embed([q])[0] for q in sample]
+    embed_cpu = (time.process_time() - started) / len(sample)
+    index = PgVectorIndex(lambda: psycopg2.connect(url))
+    conn = index._connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = psutil.Process(cur.fetchone()[0])
+        conn.commit()
+        session = PgVectorSession(index, conn)
+        for v in vectors[:20]:
+            session.query(v, 40)
+        before = backend.cpu_times()
+        for v in vectors:
+            session.query(v, 40)  # top_k 10 asks the index for 4 chunks per document
+        after = backend.cpu_times()
+    finally:
+        conn.close()
+    query_cpu = (after.user + after.system - before.user - before.system) / len(vectors)
+    return {
+        "embed_cpu_ms": round(embed_cpu * 1000, 3),
+        "query_cpu_ms": round(query_cpu * 1000, 3),
+        "floor_rate": round(cores / (embed_cpu + query_cpu), 1),
+    }
+
+
+async def drive(base_url: str, rate: float, seconds: float, questions: list[str], seed: int):
+    """Open loop: requests leave on a Poisson schedule whether or not earlier ones returned."""
+    import httpx
+
+    rng = random.Random(seed)
+    figures = RateFigures(rate, 0, 0)
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+        limits=limits,
+    ) as client:
+
+        async def one(text: str, due: float) -> None:
+            try:
+                answer = await client.post("/v1/search", json={"text": text, "top_k": 10})
+                ok = answer.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                figures.latencies_ms.append((time.perf_counter() - due) * 1000)
+            else:
+                figures.errors += 1
+
+        tasks = []
+        start = time.perf_counter() + 0.05
+        due = start
+        while due < start + seconds:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            text = questions[figures.sent % len(questions)]
+            tasks.append(asyncio.create_task(one(text, due)))
+            figures.sent += 1
+            due += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+    return figures
+
+
+def start_service(url: str, port: int, max_batch: int) -> subprocess.Popen:
+    sophia = Path(sys.executable).parent / "sophia"
+    env = {**os.environ, "SOPHIA_POSTGRES_URL": url, "SOPHIA_API_KEYS": KEY}
+    return subprocess.Popen(
+        [str(sophia), "api", "serve", "--port", str(port), "--rate", "100000"]
+        + ["--burst", "100000", "--max-batch", str(max_batch)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_ready(base_url: str, process: subprocess.Popen, deadline_s: float = 300) -> None:
+    import httpx
+
+    give_up = time.monotonic() + deadline_s
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            raise RuntimeError("sophia api serve exited before it was ready")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)  # polling interval
+    raise TimeoutError(f"the service was not ready within {deadline_s} s")
+
+
+def run_api_bench(args, say) -> dict:
+    import psycopg2  # noqa: F401  (fail early without the driver)
+
+    from sophia_assets.demo.corpus import demo_corpus
+    from sophia_assets.embedding.embedder import Embedder, ModelCard, default_model_path
+    from sophia_assets.home import sophia_home
+    from sophia_assets.postgres.embedded_server import postgres_url
+
+    corpus = demo_corpus(sophia_home())
+    embedder = Embedder(ModelCard.read(default_model_path()), device="cpu")
+    questions = [_first_line("", d.body) for d in corpus[args.documents : args.documents + 2000]]
+    with scratch_database(postgres_url(), "api") as url:
+        build_index(url, embedder, corpus, args.documents, say)
+        floor = measure_floor(url, embedder, questions, args.cores)
+        say(f"floor: {floor}")
+        del embedder
+        port = _free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        process = start_service(url, port, args.max_batch)
+        try:
+            wait_ready(base_url, process)
+            asyncio.run(drive(base_url, 20, 3, questions, 0))  # warm-up
+            results: dict[float, RateFigures] = {}
+            rates = list(FIXED_RATES) + [round(f * floor["floor_rate"], 1) for f in FLOOR_FRACTIONS]
+            for n, rate in enumerate(sorted(set(rates))):
+                figures = asyncio.run(drive(base_url, rate, args.seconds, questions, n + 1))
+                results[rate] = figures
+                say(
+                    f"{rate:>7.1f}/s: {figures.sent} sent, {figures.errors} errors, "
+                    f"{figures.percentiles()}"
+                )
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    passing = [r for r, f in results.items() if f.under_target()]
+    return {
+        "documents": args.documents,
+        "seconds_per_rate": args.seconds,
+        "max_batch": args.max_batch,
+        "cores": args.cores,
+        **floor,
+        "percentiles_at": {str(r): f.percentiles() for r, f in results.items()},
+        "errors_at": {str(r): f.errors for r, f in results.items()},
+        "p99_ms_at": {str(r): results[r].percentiles()["p99"] for r in FIXED_RATES},
+        "max_rate_p99_under_200ms": max(passing) if passing else 0.0,
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__)
+    parser.add_argument("--documents", type=int, default=10_000, help="index size (10000)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per rate (10)")
+    parser.add_argument("--cores", type=float, default=2.0, help="the service's cores (2)")
+    parser.add_argument("--max-batch", type=int, default=32, help="the service's --max-batch")
+    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    args = parser.parse_args(argv)
+    figures = run_api_bench(args, say)
+    for rate in FIXED_RATES:
+        p = figures["percentiles_at"][str(rate)]
+        print(f"{rate:>4}/s: p50 {p['p50']} ms, p95 {p['p95']} ms, p99 {p['p99']} ms")
+    print(
+        f"highest rate with p99 < 200 ms: {figures['max_rate_p99_under_200ms']}/s; floor "
+        f"{figures['floor_rate']}/s ({figures['cores']:g} cores / (embed "
+        f"{figures['embed_cpu_ms']} ms + query {figures['query_cpu_ms']} ms CPU))"
+    )
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
