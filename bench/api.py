@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--documents", type=int, default=10_000, help="index size (10000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per rate (10)")
     parser.add_argument("--cores", type=float, default=2.0, help="the service's cores (2)")
-    parser.add_argument("--max-batch", type=int, default=32, help="the service's --max-batch")
+    parser.add_argument("--max-batch", type=int, default=8, help="the service's --max-batch (8)")
     parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
     args = parser.parse_args(argv)
     figures = run_api_bench(args, say)

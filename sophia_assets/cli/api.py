@@ -37,8 +37,8 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-batch",
         type=int,
-        default=32,
-        help="query embeddings batched in one model call (32; 1: no batching)",
+        default=8,
+        help="query embeddings batched in one model call (8; 1: no batching)",
     )
     serve.add_argument(
         "--model-threads",
