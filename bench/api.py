@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.report import add_json_flag, say
 from bench.scratch import scratch_database
 from bench.search import _first_line
 
@@ -75,11 +76,9 @@ def measure_floor(url: str, embedder, questions: list[str], cores: float) -> dic
     """CPU seconds of one query embedding and of one index query, and the rate they allow."""
     import psutil
     import psycopg2
-    import torch
 
-    from sophia_assets.vectors.pgvector import PgVectorIndex, PgVectorSession
+    from sophia_assets.vectors.pgvector import PgVectorIndex
 
-    torch.set_num_threads(1)  # as `sophia api serve` embeds queries (--model-threads 1)
     sample = questions[:200]
     for q in sample[:20]:
         embedder.embed([q])
@@ -87,21 +86,17 @@ def measure_floor(url: str, embedder, questions: list[str], cores: float) -> dic
     vectors = [embedder.embed([q])[0] for q in sample]
     embed_cpu = (time.process_time() - started) / len(sample)
     index = PgVectorIndex(lambda: psycopg2.connect(url))
-    conn = index._connect()
-    try:
-        with conn.cursor() as cur:
+    with index.session() as session:
+        with session.conn.cursor() as cur:
             cur.execute("SELECT pg_backend_pid()")
             backend = psutil.Process(cur.fetchone()[0])
-        conn.commit()
-        session = PgVectorSession(index, conn)
+        session.conn.commit()
         for v in vectors[:20]:
             session.query(v, 40)
         before = backend.cpu_times()
         for v in vectors:
             session.query(v, 40)  # top_k 10 asks the index for 4 chunks per document
         after = backend.cpu_times()
-    finally:
-        conn.close()
     query_cpu = (after.user + after.system - before.user - before.system) / len(vectors)
     return {
         "embed_cpu_ms": round(embed_cpu * 1000, 3),
@@ -187,11 +182,13 @@ def run_api_bench(args, say) -> dict:
     from sophia_assets.postgres.embedded_server import postgres_url
 
     corpus = demo_corpus(sophia_home())
-    embedder = Embedder(ModelCard.read(default_model_path()), device="cpu")
+    card = ModelCard.read(default_model_path())
     questions = [_first_line("", d.body) for d in corpus[args.documents : args.documents + 2000]]
     with scratch_database(postgres_url(), "api") as url:
-        build_index(url, embedder, corpus, args.documents, say)
-        floor = measure_floor(url, embedder, questions, args.cores)
+        build_index(url, Embedder(card, device="cpu", backend="auto"), corpus, args.documents, say)
+        # As `sophia api serve` embeds queries: the run's backend on one thread.
+        embedder = Embedder(card, device="cpu", backend="auto", threads=1)
+        floor = measure_floor(url, embedder, questions, args.cores) | {"backend": embedder.backend}
         say(f"floor: {floor}")
         del embedder
         port = _free_port()
@@ -243,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per rate (10)")
     parser.add_argument("--cores", type=float, default=2.0, help="the service's cores (2)")
     parser.add_argument("--max-batch", type=int, default=8, help="the service's --max-batch (8)")
-    parser.add_argument("--json", action="store_true", help="figures as JSON on the last line")
+    add_json_flag(parser)
     args = parser.parse_args(argv)
     figures = run_api_bench(args, say)
     for rate in FIXED_RATES:
@@ -257,10 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(figures))
     return 0
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

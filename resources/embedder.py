@@ -50,7 +50,8 @@ class EmbedderResource(dg.ConfigurableResource):
         path = Path(self.model_path) if self.model_path else default_model_path()
         return ModelCard.read(path).at_precision(self.precision)
 
-    def load(self) -> Embedder:
+    def load(self, threads: int | None = None) -> Embedder:
+        """The loaded model; `threads` caps its CPU threads (default: one per usable CPU)."""
         from sophia_assets.embedding.embedder import Embedder
 
         return Embedder(
@@ -60,6 +61,7 @@ class EmbedderResource(dg.ConfigurableResource):
             chunk_overlap=self.chunk_overlap,
             backend=self.backend,
             guard_documents=guard_documents,
+            threads=threads,
         )
 
 

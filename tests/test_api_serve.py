@@ -41,7 +41,7 @@ def served(source: str, tmp_path_factory, shared_home: Path) -> Iterator[ServedA
     seed_documents(source, load_corpus(shared_home / "cache"), rows=150)
     catalog = load(catalog_copy(tmp_path_factory.mktemp("catalog")))
     runner(source, catalog).drain()
-    embedder = Embedder(ModelCard.read(default_model_path()), device="cpu")
+    embedder = Embedder(ModelCard.read(default_model_path()), device="cpu", backend="auto")
     VectorUpdates(catalog, "sophia/vector_updates", source, lambda: embedder).run()
     sync_index(PgVectorIndex(lambda: psycopg2.connect(source)), source)
     env = {POSTGRES_URL_ENV: source, "SOPHIA_API_KEYS": f"another-key,{KEY}"}

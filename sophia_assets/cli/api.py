@@ -44,8 +44,8 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         "--model-threads",
         type=int,
         default=1,
-        help="torch threads per query embedding (1: on 2 shared cores, more threads cost "
-        "more than they save; see bench/api.py)",
+        help="CPU threads of the model (1: on 2 shared cores, more threads cost more than "
+        "they save; see bench/api.py)",
     )
     serve.set_defaults(handler=serve_api)
 
@@ -53,7 +53,6 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
 def serve_api(args: argparse.Namespace) -> int:
     import os
 
-    import torch
     import uvicorn
 
     from resources.embedder import EmbedderResource
@@ -73,11 +72,10 @@ def serve_api(args: argparse.Namespace) -> int:
             f"{KEYS_ENV} is empty; set it to a comma-separated list of API keys "
             "(clients send one as `Authorization: Bearer KEY`)"
         )
-    torch.set_num_threads(args.model_threads)
     postgres = PostgresResource()
     settings = ServiceSettings(args.pool_size, args.max_batch, args.max_lag_seconds)
     service = SearchService(
-        EmbedderResource().load(),
+        EmbedderResource().load(threads=args.model_threads),
         configured_index(postgres).open(),
         JournalReader(postgres.connect, args.pool_size),
         settings,

@@ -173,7 +173,9 @@ class Embedder:
     is the card's. After loading, `backend` says which one runs, `fallback` why ONNX was not
     used (or None) and `load_seconds` how long the load took. `encoder` runs a given ONNX
     encoder instead of loading one (the int8 guard compares two); `guard_documents` supplies
-    the documents that guard measures recall on, when int8 is first made."""
+    the documents that guard measures recall on, when int8 is first made. `threads` caps the
+    model's CPU threads (default: one per usable CPU); a server embedding one query at a time
+    beside a database wants 1."""
 
     def __init__(
         self,
@@ -184,6 +186,7 @@ class Embedder:
         backend: str = "torch",
         encoder: Any = None,
         guard_documents: Callable[[], Sequence[str]] | None = None,
+        threads: int | None = None,
     ):
         started = time.perf_counter()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time
@@ -192,6 +195,7 @@ class Embedder:
         check_choice(backend, card.precision)
         self.card = card
         self.chunk_overlap = chunk_overlap
+        self.threads = threads
         # Room for [CLS] and [SEP] inside the window.
         self.window = card.max_tokens - 2
         self.backend = resolve_backend(backend, device)
@@ -228,7 +232,7 @@ class Embedder:
                 from sophia_assets.embedding.onnx_export import cached_model
 
                 model, self.export = cached_model(self.card)
-            self._onnx = OnnxEncoder(self.card, model)
+            self._onnx = OnnxEncoder(self.card, model, self.threads)
         except ModelError:
             raise
         except Exception as error:  # whatever the reason, torch still embeds fp32
@@ -249,6 +253,8 @@ class Embedder:
         card = self.card
         self.device = _pick_device(device, torch)
         self._torch = torch
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(card.path))
         model = AutoModel.from_pretrained(str(card.path))
         if self.device.startswith("cuda"):
