@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.http_load import HttpLoadClient
 from bench.report import add_json_flag, say
 from bench.scratch import scratch_database
 from bench.search import _first_line
@@ -43,6 +44,8 @@ class RateFigures:
     sent: int
     errors: int
     latencies_ms: list[float] = field(default_factory=list)
+    service_cpu_ms: float = 0.0  # the service process's CPU time per request sent
+    client_cpu_ms: float = 0.0  # this process's (the load generator's)
 
     def percentiles(self) -> dict[str, float | None]:
         if len(self.latencies_ms) < 2:
@@ -107,50 +110,45 @@ def measure_floor(url: str, embedder, questions: list[str], cores: float) -> dic
 
 async def drive(base_url: str, rate: float, seconds: float, questions: list[str], seed: int):
     """Open loop: requests leave on a Poisson schedule whether or not earlier ones returned."""
-    import httpx
-
     rng = random.Random(seed)
     figures = RateFigures(rate, 0, 0)
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {KEY}"},
-        timeout=30,
-        limits=limits,
-    ) as client:
+    client = HttpLoadClient(base_url, {"Authorization": f"Bearer {KEY}"})
+    requests = [
+        client.request_bytes("/v1/search", json.dumps({"text": q, "top_k": 10}).encode())
+        for q in questions
+    ]
 
-        async def one(text: str, due: float) -> None:
-            try:
-                answer = await client.post("/v1/search", json={"text": text, "top_k": 10})
-                ok = answer.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
-                figures.latencies_ms.append((time.perf_counter() - due) * 1000)
-            else:
-                figures.errors += 1
+    async def one(request: bytes, due: float) -> None:
+        try:
+            ok = await asyncio.wait_for(client.send(request), timeout=30) == 200
+        except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            ok = False
+        if ok:
+            figures.latencies_ms.append((time.perf_counter() - due) * 1000)
+        else:
+            figures.errors += 1
 
-        tasks = []
-        start = time.perf_counter() + 0.05
-        due = start
-        while due < start + seconds:
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            text = questions[figures.sent % len(questions)]
-            tasks.append(asyncio.create_task(one(text, due)))
-            figures.sent += 1
-            due += rng.expovariate(rate)
-        await asyncio.gather(*tasks)
+    tasks = []
+    start = time.perf_counter() + 0.05
+    due = start
+    while due < start + seconds:
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(requests[figures.sent % len(requests)], due)))
+        figures.sent += 1
+        due += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    client.close()
     return figures
 
 
-def start_service(url: str, port: int, max_batch: int) -> subprocess.Popen:
+def start_service(url: str, port: int, max_batch: int, workers: int) -> subprocess.Popen:
     sophia = Path(sys.executable).parent / "sophia"
     env = {**os.environ, "SOPHIA_POSTGRES_URL": url, "SOPHIA_API_KEYS": KEY}
     return subprocess.Popen(
         [str(sophia), "api", "serve", "--port", str(port), "--rate", "100000"]
-        + ["--burst", "100000", "--max-batch", str(max_batch)],
+        + ["--burst", "100000", "--max-batch", str(max_batch), "--model-workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -174,6 +172,7 @@ def wait_ready(base_url: str, process: subprocess.Popen, deadline_s: float = 300
 
 
 def run_api_bench(args, say) -> dict:
+    import psutil
     import psycopg2  # noqa: F401  (fail early without the driver)
 
     from sophia_assets.demo.corpus import demo_corpus
@@ -193,18 +192,26 @@ def run_api_bench(args, say) -> dict:
         del embedder
         port = _free_port()
         base_url = f"http://127.0.0.1:{port}"
-        process = start_service(url, port, args.max_batch)
+        process = start_service(url, port, args.max_batch, args.model_workers)
         try:
             wait_ready(base_url, process)
             asyncio.run(drive(base_url, 20, 3, questions, 0))  # warm-up
             results: dict[float, RateFigures] = {}
             rates = list(FIXED_RATES) + [round(f * floor["floor_rate"], 1) for f in FLOOR_FRACTIONS]
+            service = psutil.Process(process.pid)
             for n, rate in enumerate(sorted(set(rates))):
+                before, client_before = _cpu(service), time.process_time()
                 figures = asyncio.run(drive(base_url, rate, args.seconds, questions, n + 1))
+                sent = max(figures.sent, 1)
+                figures.service_cpu_ms = round((_cpu(service) - before) * 1000 / sent, 2)
+                figures.client_cpu_ms = round(
+                    (time.process_time() - client_before) * 1000 / sent, 2
+                )
                 results[rate] = figures
                 say(
                     f"{rate:>7.1f}/s: {figures.sent} sent, {figures.errors} errors, "
-                    f"{figures.percentiles()}"
+                    f"{figures.percentiles()}, CPU per request: service "
+                    f"{figures.service_cpu_ms} ms, client {figures.client_cpu_ms} ms"
                 )
         finally:
             process.send_signal(signal.SIGINT)
@@ -217,13 +224,21 @@ def run_api_bench(args, say) -> dict:
         "documents": args.documents,
         "seconds_per_rate": args.seconds,
         "max_batch": args.max_batch,
+        "model_workers": args.model_workers,
         "cores": args.cores,
         **floor,
         "percentiles_at": {str(r): f.percentiles() for r, f in results.items()},
         "errors_at": {str(r): f.errors for r, f in results.items()},
+        "service_cpu_ms_per_request_at": {str(r): f.service_cpu_ms for r, f in results.items()},
+        "client_cpu_ms_per_request_at": {str(r): f.client_cpu_ms for r, f in results.items()},
         "p99_ms_at": {str(r): results[r].percentiles()["p99"] for r in FIXED_RATES},
         "max_rate_p99_under_200ms": max(passing) if passing else 0.0,
     }
+
+
+def _cpu(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def _free_port() -> int:
@@ -239,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--documents", type=int, default=10_000, help="index size (10000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per rate (10)")
     parser.add_argument("--cores", type=float, default=2.0, help="the service's cores (2)")
-    parser.add_argument("--max-batch", type=int, default=8, help="the service's --max-batch (8)")
+    parser.add_argument("--max-batch", type=int, default=2, help="the service's --max-batch (2)")
+    parser.add_argument(
+        "--model-workers", type=int, default=2, help="the service's --model-workers (2)"
+    )
     add_json_flag(parser)
     args = parser.parse_args(argv)
     figures = run_api_bench(args, say)

@@ -2,7 +2,9 @@
 embedded together in its next call, so a burst costs one forward pass instead of many.
 
 No timer: a lone request is embedded at once, so batching adds no latency at low load. The
-model runs on one worker thread, off the event loop."""
+model runs on `workers` threads, off the event loop; more than one suits only a model that
+may be called from several threads at once (the ONNX backend: an ONNX Runtime session and a
+tokenizer whose settings never change)."""
 
 from __future__ import annotations
 
@@ -15,27 +17,35 @@ T = TypeVar("T")
 
 
 class EmbeddingBatcher:
-    def __init__(self, embed: Callable[[list[str]], list[list[float]]], max_batch: int = 32):
+    def __init__(
+        self,
+        embed: Callable[[list[str]], list[list[float]]],
+        max_batch: int = 32,
+        workers: int = 1,
+    ):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1 (1: no batching)")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self._embed = embed
         self.max_batch = max_batch
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="sophia-embed")
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="sophia-embed")
         self._pending: list[tuple[str, asyncio.Future]] = []
-        self._draining = False
+        self._draining = 0  # drain loops running, at most one per worker
         self.calls = 0  # model calls made (a test and the benchmark read it)
 
     async def embed(self, text: str) -> list[float]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((text, future))
-        if not self._draining:
-            self._draining = True
+        if self._draining < self.workers:
+            self._draining += 1
             loop.create_task(self._drain())
         return await future
 
     async def on_model_thread(self, action: Callable[..., T], *args: Any) -> T:
-        """Runs `action` on the model's thread (tokenizers are not safe to share)."""
+        """Runs `action` on one of the model's threads."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, action, *args)
 
     async def _drain(self) -> None:
@@ -55,7 +65,7 @@ class EmbeddingBatcher:
                     if not future.done():
                         future.set_result(vector)
         finally:
-            self._draining = False
+            self._draining -= 1
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,6 +1,6 @@
 """The service behind the routes: search, a document and its vector ids, readiness.
 
-The model is loaded once (by the caller) and runs on one thread through the batcher; index
+The model is loaded once (by the caller) and runs on its own threads through the batcher; index
 queries and reads of the reduced view run on a thread pool the size of the connection pools,
 so the event loop only parses, routes and serialises."""
 
@@ -33,10 +33,14 @@ CHUNKS_PER_DOCUMENT = 4  # asked of the index per wanted document: several chunk
 @dataclass(frozen=True)
 class ServiceSettings:
     pool_size: int = 4
-    # 1: no micro-batching. Measured with one torch thread on 2 shared cores, CPU per query:
-    # 35 ms alone, 20-24 ms in batches of 4, 25-27 ms in 16 (padding to the longest).
-    max_batch: int = 8
+    # 1: no micro-batching. CPU per query measured here on one thread: torch 35 ms alone and
+    # 20-24 ms in batches of 4; ONNX 11.1 ms alone, 10.4 in pairs, 13-14 in 4-8 (padding to
+    # the longest costs more than the call saves). So ONNX embeds queries in pairs at most.
+    max_batch: int = 2
     max_lag_seconds: float = 300.0
+    # Model threads embedding at once: 2 on the ONNX backend, which may be called from
+    # several threads; torch's tokenizer call changes shared settings, so 1 there.
+    model_workers: int = 1
 
 
 class SearchService:
@@ -56,7 +60,7 @@ class SearchService:
         self.text_rule = text_rule or TextRule()
         self.model = getattr(embedder.card, "name", str(embedder.card))
         self.index_name = f"{index.backend}:{index.name}"
-        self.batcher = EmbeddingBatcher(embedder.embed, settings.max_batch)
+        self.batcher = EmbeddingBatcher(embedder.embed, settings.max_batch, settings.model_workers)
         self.sessions: Pool = Pool(self._open_session, settings.pool_size)
         self._db = ThreadPoolExecutor(settings.pool_size, thread_name_prefix="sophia-db")
         self.model_ready = False

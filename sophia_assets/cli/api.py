@@ -37,15 +37,22 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-batch",
         type=int,
-        default=8,
-        help="query embeddings batched in one model call (8; 1: no batching)",
+        default=2,
+        help="query embeddings batched in one model call (2; 1: no batching)",
     )
     serve.add_argument(
         "--model-threads",
         type=int,
         default=1,
-        help="CPU threads of the model (1: on 2 shared cores, more threads cost more than "
+        help="CPU threads per model call (1: on 2 shared cores, more threads cost more than "
         "they save; see bench/api.py)",
+    )
+    serve.add_argument(
+        "--model-workers",
+        type=int,
+        default=2,
+        help="model calls at once (2; the torch backend always uses 1, since its tokenizer "
+        "cannot be shared between threads)",
     )
     serve.set_defaults(handler=serve_api)
 
@@ -73,9 +80,11 @@ def serve_api(args: argparse.Namespace) -> int:
             "(clients send one as `Authorization: Bearer KEY`)"
         )
     postgres = PostgresResource()
-    settings = ServiceSettings(args.pool_size, args.max_batch, args.max_lag_seconds)
+    embedder = EmbedderResource().load(threads=args.model_threads)
+    workers = args.model_workers if embedder.backend == "onnx" else 1
+    settings = ServiceSettings(args.pool_size, args.max_batch, args.max_lag_seconds, workers)
     service = SearchService(
-        EmbedderResource().load(threads=args.model_threads),
+        embedder,
         configured_index(postgres).open(),
         JournalReader(postgres.connect, args.pool_size),
         settings,
