@@ -251,6 +251,22 @@ def test_concurrent_query_embeddings_share_model_calls() -> None:
     assert [len(c) for c in calls] == [1, 8, 2]
 
 
+def test_two_model_workers_embed_at_once() -> None:
+    both_inside = threading.Barrier(2, timeout=10)  # passes only if two calls overlap
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        both_inside.wait()
+        return [[float(len(t))] for t in texts]
+
+    async def main():
+        batcher = EmbeddingBatcher(embed, max_batch=1, workers=2)
+        results = await asyncio.gather(batcher.embed("a"), batcher.embed("bb"))
+        batcher.close()
+        return results
+
+    assert asyncio.run(main()) == [[1.0], [2.0]]
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
