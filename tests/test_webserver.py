@@ -122,4 +122,5 @@ def test_asset_nodes_carry_the_lineage(webserver: str) -> None:
         "infra/n8n": ["images/n8n"],
         "infra/dagster": ["images/code-location"],
         "infra/gpu-embedding": ["images/gpu-embedding"],
+        "infra/search-api": ["images/code-location"],
     }
