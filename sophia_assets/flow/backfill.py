@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg2 import sql
+
 from sophia_assets.flow.bindings import Binding, CaptureSettings
 from sophia_assets.flow.documents import (
     CREATE,
@@ -83,20 +85,26 @@ def read_chunk(
     cur, settings: CaptureSettings, binding: Binding, table: SourceTable, cursor: list | None
 ) -> Chunk:
     """Reads the rows after `cursor`, then writes the watermark that closes the chunk."""
-    keys = ", ".join(_order_column(table, k) for k in binding.key_columns)
+    keys = sql.SQL(", ").join(_order_column(table, k) for k in binding.key_columns)
     # Aliased, so ORDER BY reads the key column itself and not its text.
-    select_list = ", ".join(f'"{c}"::text AS _c{n}' for n, c in enumerate(table.columns))
-    where = ""
+    select_list = sql.SQL(", ").join(
+        sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"_c{n}"))
+        for n, c in enumerate(table.columns)
+    )
+    where = sql.SQL("")
     parameters: list[Any] = []
     if cursor is not None:
-        where = f"WHERE ({keys}) > ({', '.join(['%s'] * len(cursor))})"
+        placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in cursor)
+        where = sql.SQL("WHERE ({}) > ({})").format(keys, placeholders)
         parameters = list(cursor)
     converters = table.converters()
     key_index = [table.columns.index(k) for k in binding.key_columns]
     rows: dict[str, Row] = {}
     scan_ms = int(time.time() * 1000)
     cur.execute(
-        f"SELECT {select_list} FROM {table.quoted} {where} ORDER BY {keys} LIMIT %s",
+        sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT %s").format(
+            select_list, table.identifier, where, keys
+        ),
         [*parameters, settings.chunk_size],
     )
     for row in cur:
@@ -118,8 +126,10 @@ def source_keys(cur, binding: Binding, table: SourceTable) -> set[str]:
     """Every key now in the source table, as key text."""
     converters = table.converters()
     key_index = [table.columns.index(k) for k in binding.key_columns]
-    columns = ", ".join(f'"{table.columns[i]}"::text' for i in key_index)
-    cur.execute(f"SELECT {columns} FROM {table.quoted}")
+    columns = sql.SQL(", ").join(
+        sql.SQL("{}::text").format(sql.Identifier(table.columns[i])) for i in key_index
+    )
+    cur.execute(sql.SQL("SELECT {} FROM {}").format(columns, table.identifier))
     return {
         key_text(tuple(converters[i](v) for i, v in zip(key_index, row, strict=True)))
         for row in cur
@@ -148,7 +158,8 @@ def reconciling_deletes(
     return out
 
 
-def _order_column(table: SourceTable, column: str) -> str:
+def _order_column(table: SourceTable, column: str) -> sql.Composable:
     """Keys order by bytes (COLLATE "C"), as Python compares strings."""
     oid = table.type_oids[table.columns.index(column)]
-    return f'"{column}" COLLATE "C"' if oid in TEXT_TYPE_OIDS else f'"{column}"'
+    name = sql.Identifier(column)
+    return sql.SQL('{} COLLATE "C"').format(name) if oid in TEXT_TYPE_OIDS else name

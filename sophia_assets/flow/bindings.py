@@ -3,6 +3,7 @@ columns, schema validator and reducer, all derived from the catalog."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from sophia_assets.flow.reduce import Reducer
 from sophia_assets.flow.source import SourceError
 from sophia_assets.flow.tasks import capture_task
 
+SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 ESTUARY_DEFAULTS = {
     "publicationName": "flow_publication",
     "slotName": "flow_slot",
@@ -44,10 +46,16 @@ class CaptureSettings:
 
 def capture_settings(capture: Capture) -> CaptureSettings:
     advanced = {**ESTUARY_DEFAULTS, **(capture.connector.config.get("advanced") or {})}
+    slot = str(advanced["slotName"])
+    if not SLOT_NAME.fullmatch(slot):
+        raise SourceError(
+            f"{capture.name}: slotName {slot!r} is not a replication slot name; PostgreSQL "
+            "allows lower-case letters, digits and underscores, at most 63"
+        )
     return CaptureSettings(
         task=capture_task(capture.name),
         publication=str(advanced["publicationName"]),
-        slot=str(advanced["slotName"]),
+        slot=slot,
         watermarks_table=str(advanced["watermarksTable"]),
         chunk_size=int(advanced["backfill_chunk_size"]),
     )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extras
+from psycopg2 import sql
 
 from sophia_assets.flow import backfill, journal, pgoutput
 from sophia_assets.flow.bindings import Binding, CaptureSettings
@@ -42,6 +43,7 @@ from sophia_assets.flow.source import (
     describe_table,
     ensure_publication,
     ensure_watermarks_table,
+    relation,
     slot_status,
 )
 from sophia_assets.flow.tasks import capture_lock
@@ -122,7 +124,12 @@ def start_stream(connection, settings: CaptureSettings):
     stream.start_replication(
         slot_name=settings.slot,
         decode=False,
-        options={"proto_version": "1", "publication_names": settings.publication},
+        # pgoutput reads publication_names as a list of identifiers: quoted, so a name with
+        # capitals, commas or quotes stays one name.
+        options={
+            "proto_version": "1",
+            "publication_names": sql.Identifier(settings.publication).as_string(connection),
+        },
         status_interval=10,
     )
     return stream
@@ -235,7 +242,8 @@ class Session:
             ensure_publication(
                 cur,
                 self.settings.publication,
-                [t.quoted for t in self.tables.values()] + [self.settings.watermarks_table],
+                [(t.namespace, t.name) for t in self.tables.values()]
+                + [relation(self.settings.watermarks_table)],
             )
             prepare_slot(cur, self.settings, checkpoint)
 

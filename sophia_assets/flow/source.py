@@ -1,12 +1,15 @@
 """The capture's view of the source database: preflight checks, the publication, the slot,
 the watermarks table, and the tables being captured.
 
-Every refusal says what is wrong and how to fix it.
+Every refusal says what is wrong and how to fix it. Names (schemas, tables, columns, the
+publication) reach SQL only as `psycopg2.sql.Identifier`s, whatever characters they hold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from psycopg2 import sql
 
 from sophia_assets.flow.values import Converter, converter
 
@@ -28,8 +31,8 @@ class SourceTable:
         return f"{self.namespace}.{self.name}"
 
     @property
-    def quoted(self) -> str:
-        return f'"{self.namespace}"."{self.name}"'
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.namespace, self.name)
 
     def converters(self) -> tuple[Converter, ...]:
         return tuple(converter(oid) for oid in self.type_oids)
@@ -83,35 +86,61 @@ def describe_table(cur, namespace: str, name: str, key_columns: tuple[str, ...])
     return SourceTable(namespace, name, names, tuple(t for _, t in columns), key_columns)
 
 
+def relation(qualified: str) -> tuple[str, str]:
+    """`schema.table` as flow_specs writes it (the watermarks table): split at the first dot."""
+    schema, dot, name = qualified.partition(".")
+    if not dot or not schema or not name:
+        raise SourceError(
+            f"{qualified!r} is not schema.table; name the watermarks table with its schema, "
+            "e.g. public.flow_watermarks"
+        )
+    return schema, name
+
+
+def exists(cur, table: tuple[str, str]) -> bool:
+    cur.execute(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        table,
+    )
+    return cur.fetchone() is not None
+
+
 def ensure_watermarks_table(cur, qualified: str) -> None:
     """Creates it if missing. Concurrent `CREATE TABLE IF NOT EXISTS` can still fail on the
     catalog's unique indexes, so creators take an advisory lock first (one transaction, also
     on an autocommit cursor). An existing table is left alone without any DDL: a
     least-privilege capture role may not create tables (`sophia db roles` made it)."""
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,))
-    if cur.fetchone()[0]:
+    table = relation(qualified)
+    if exists(cur, table):
         return
     cur.execute(
-        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('flow.watermarks')); "
-        f"CREATE TABLE IF NOT EXISTS {qualified} (slot text PRIMARY KEY, watermark text NOT NULL); "
-        "COMMIT;"
+        sql.SQL(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('flow.watermarks')); "
+            "CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, watermark text NOT NULL); "
+            "COMMIT;"
+        ).format(sql.Identifier(*table))
     )
 
 
-def ensure_publication(cur, publication: str, tables: list[str]) -> None:
-    """Creates the publication, or adds the tables it lacks."""
+def ensure_publication(cur, publication: str, tables: list[tuple[str, str]]) -> None:
+    """Creates the publication, or adds the (schema, table)s it lacks."""
+    name = sql.Identifier(publication)
     cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
     if cur.fetchone() is None:
-        cur.execute(f'CREATE PUBLICATION "{publication}" FOR TABLE {", ".join(tables)}')
+        listed = sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
+        cur.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(name, listed))
         return
     cur.execute(
-        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
         (publication,),
     )
-    present = {row[0] for row in cur.fetchall()}
+    present = {tuple(row) for row in cur.fetchall()}
     for table in tables:
-        if table.replace('"', "") not in present:
-            cur.execute(f'ALTER PUBLICATION "{publication}" ADD TABLE {table}')
+        if tuple(table) not in present:
+            cur.execute(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, sql.Identifier(*table))
+            )
 
 
 def slot_status(cur, slot: str) -> tuple[str | None, str | None]:

@@ -9,7 +9,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from psycopg2 import sql
+
 from sophia_assets.flow.bindings import CaptureSettings
+from sophia_assets.flow.source import relation
 
 BACKFILL = "backfill"
 DRAIN = "drain"
@@ -20,8 +23,10 @@ def write_watermark(cur, settings: CaptureSettings, purpose: str) -> str:
     """Writes a fresh watermark for the capture's slot; returns it."""
     mark = f"{purpose}:{uuid.uuid4()}"
     cur.execute(
-        f"INSERT INTO {settings.watermarks_table} (slot, watermark) VALUES (%s, %s) "
-        "ON CONFLICT (slot) DO UPDATE SET watermark = EXCLUDED.watermark",
+        sql.SQL(
+            "INSERT INTO {} (slot, watermark) VALUES (%s, %s) "
+            "ON CONFLICT (slot) DO UPDATE SET watermark = EXCLUDED.watermark"
+        ).format(sql.Identifier(*relation(settings.watermarks_table))),
         (settings.slot, mark),
     )
     return mark

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg2
 from psycopg2 import sql
 
-from sophia_assets.flow.source import ensure_publication
+from sophia_assets.flow.source import ensure_publication, relation
 from sophia_assets.secrets.store import SecretStore
 
 SECRET = "postgres/capture"
@@ -83,7 +83,7 @@ def setup_capture_roles(
             for table in tables:
                 _grant(cur, table, "SELECT")
             _grant(cur, watermarks, "SELECT, INSERT, UPDATE")
-            ensure_publication(cur, publication, [_quoted(t) for t in [*tables, watermarks]])
+            ensure_publication(cur, publication, [relation(t) for t in [*tables, watermarks]])
     finally:
         conn.close()
 
@@ -157,12 +157,7 @@ def _grant(cur, table: str, privileges: str) -> None:
         )
     )
     cur.execute(
-        sql.SQL(f"GRANT {privileges} ON {{}}.{{}} TO {{}}").format(
-            sql.Identifier(schema), sql.Identifier(name), sql.Identifier(GROUP)
+        sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(privileges), sql.Identifier(schema, name), sql.Identifier(GROUP)
         )
     )
-
-
-def _quoted(table: str) -> str:
-    schema, name = table.split(".", 1)
-    return f'"{schema}"."{name}"'
