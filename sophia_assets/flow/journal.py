@@ -161,6 +161,8 @@ def write_reduced(
         "CREATE TEMP TABLE IF NOT EXISTS reduced_load (key jsonb, document json, "
         '"offset" bigint) ON COMMIT DELETE ROWS'
     )
+    # One transaction writes every collection of a batch: empty what the last one loaded.
+    cur.execute("TRUNCATE reduced_load")
     cur.copy_expert('COPY reduced_load (key, document, "offset") FROM STDIN', changed)
     cur.execute(
         "DELETE FROM flow.reduced r USING reduced_load l "
