@@ -31,6 +31,8 @@ class Change:
     unchanged: tuple[str, ...]  # columns whose unchanged TOASTed value must be carried over
     source_ts_ms: int | None
     commit_lsn: int
+    # For the create of a changed key: the old key, whose document holds the unchanged values.
+    carried_from: str | None = None
 
 
 def key_text(values: tuple) -> str:

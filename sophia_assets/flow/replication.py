@@ -366,9 +366,28 @@ class Session:
         if plan is None or plan.binding is None:
             return
         if isinstance(message, pgoutput.Delete):
-            op, values = DELETE, message.old
+            self._emit(plan, DELETE, message.old, event_lsn)
+        elif isinstance(message, pgoutput.Insert):
+            self._emit(plan, CREATE, message.new, event_lsn)
+        elif (old := self._changed_key(plan, message)) is None:
+            self._emit(plan, UPDATE, message.new, event_lsn)
         else:
-            op, values = (CREATE if isinstance(message, pgoutput.Insert) else UPDATE), message.new
+            # A new primary key: as source-postgres, a create of the new key (carrying the
+            # unchanged TOASTed values of the old key's document), then a delete of the old.
+            self._emit(plan, CREATE, message.new, event_lsn, carried_from=key_text(old))
+            self._emit(plan, DELETE, message.old, event_lsn)
+
+    def _changed_key(self, plan: RelationPlan, message) -> tuple | None:
+        """The old key of an update that changed it ('K' or 'O' old tuple), else None."""
+        if message.old is None:
+            return None
+        old = tuple(plan.converters[i](message.old[i]) for i in plan.key_index)
+        new = tuple(plan.converters[i](message.new[i]) for i in plan.key_index)
+        return old if old != new else None
+
+    def _emit(
+        self, plan: RelationPlan, op: str, values: list, event_lsn: int, carried_from=None
+    ) -> None:
         key_values = tuple(plan.converters[i](values[i]) for i in plan.key_index)
         document, unchanged = _row_document(plan, op, values, key_values)
         begin = self.tx.begin
@@ -389,6 +408,7 @@ class Session:
             unchanged,
             begin.commit_ts_ms,
             begin.final_lsn,
+            carried_from,
         )
         self._route(change, key_values)
 

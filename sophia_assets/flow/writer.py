@@ -151,6 +151,7 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
     Each item's `binding` needs `validate` and `reducer`. Returns the next offset."""
     binding = items[0].binding
     keys = list(dict.fromkeys(change.key for change in items))
+    keys += [c.carried_from for c in items if c.carried_from and c.carried_from not in keys]
     current: dict[str, dict | None] = dict(journal.reduced_documents(cur, name, keys))
     existing = set(current)
     entries: list[journal.Entry] = []
@@ -161,7 +162,8 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
         previous = current.get(change.key)
         document = change.document
         if change.unchanged:
-            _carry_unchanged(document, change.unchanged, previous, name, change.key)
+            source = current.get(change.carried_from) if change.carried_from else previous
+            _carry_unchanged(document, change.unchanged, source, name, change.key)
         if change.op == UPDATE and previous is not None:
             set_before(document, previous)
         try:
