@@ -290,10 +290,13 @@ class Embedder:
         """One vector per text, in input order."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         vectors: list[Any] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start : start + self.batch_size]
-            batch = [texts[i] for i in indices]
-            rows = self._onnx.encode(batch) if self._onnx is not None else self._torch_encode(batch)
+        groups = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = [[texts[i] for i in indices] for indices in groups]
+        if self._onnx is not None:
+            encoded = self._onnx.encode_many(batches)
+        else:
+            encoded = map(self._torch_encode, batches)
+        for indices, rows in zip(groups, encoded, strict=True):
             for i, vector in zip(indices, rows.tolist(), strict=True):
                 vectors[i] = vector
             if on_batch:

@@ -9,6 +9,8 @@ which is the whole model load.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sophia_assets.embedding.embedder import ModelCard
@@ -28,7 +30,13 @@ def load_tokenizer(card: ModelCard):
 
 
 class OnnxEncoder:
-    """Vectors for batches of texts from one ONNX Runtime session."""
+    """Vectors for batches of texts from one ONNX Runtime session.
+
+    The session computes each batch on one thread, and `threads` batches run at once (by
+    default one per CPU this process may use; ONNX Runtime's own default counts physical
+    cores, one where two hyperthreads are all a container has). Here that embedded 256-token
+    chunks about 20% faster than one batch at a time on two intra-op threads, whose small
+    matrix products do not split well."""
 
     def __init__(self, card: ModelCard, model: bytes, threads: int | None = None):
         import onnxruntime
@@ -36,10 +44,10 @@ class OnnxEncoder:
 
         if not (card.path / "tokenizer.json").exists():
             raise FileNotFoundError(f"{card.path} has no tokenizer.json")
+        self.workers = threads or _usable_cpus()
+        self._pool: ThreadPoolExecutor | None = None
         options = onnxruntime.SessionOptions()
-        # One thread per CPU this process may use, as torch does (ONNX Runtime's own default
-        # counts physical cores, which is one where two hyperthreads are all a container has).
-        options.intra_op_num_threads = threads or _usable_cpus()
+        options.intra_op_num_threads = 1
         # Threads that spin while waiting for work steal the CPU from others on a shared machine.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
@@ -58,6 +66,15 @@ class OnnxEncoder:
         """A float32 array, one row per text."""
         (vectors,) = self.session.run([OUTPUT], feeds(self.tokenizer, texts))
         return vectors
+
+    def encode_many(self, batches: list[list[str]]) -> Iterator[Any]:
+        """`encode` of each batch, in order, `workers` at a time (a session may be run from
+        several threads at once, and the tokenizer's settings never change)."""
+        if self.workers == 1 or len(batches) == 1:
+            return map(self.encode, batches)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sophia-onnx")
+        return self._pool.map(self.encode, batches)
 
 
 def feeds(tokenizer, texts: list[str]) -> dict[str, Any]:
