@@ -10,6 +10,10 @@ for production), how far the collection has grown since the last tick, and
   key naming the offset range, tagged for the GPU runner when the batch is large.
 
 The cursor is the last offset reported, so a restarted daemon neither re-reports nor misses.
+Without a cursor (a new sensor), the last offset the collection's latest materialization
+recorded stands in for it, so a collection a run has just captured is not reported as new
+(which would mark the embeddings stale); a journal shorter than that was reset, and counts
+from the start.
 """
 
 import json
@@ -113,8 +117,14 @@ def build_estuary_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
-        cursor = json.loads(context.cursor) if context.cursor else {"reported": -1}
+        if context.cursor:
+            cursor = json.loads(context.cursor)
+        else:  # a new sensor or daemon: what the collection's materializations already say
+            cursor = {"reported": _recorded_offset(context, collection_key)}
         progress = read_progress(postgres, collection, derivation, cursor["reported"])
+        if progress.last_offset < cursor["reported"]:  # the journal was reset: start over
+            cursor["reported"] = -1
+            progress = read_progress(postgres, collection, derivation, -1)
         events = []
         if progress.last_offset > cursor["reported"]:
             metadata = {
@@ -144,6 +154,21 @@ def build_estuary_sensor(
         )
 
     return _sensor
+
+
+def _recorded_offset(context: dg.SensorEvaluationContext, collection_key: dg.AssetKey) -> int:
+    """The journal offset the collection's latest materialization recorded (a run's
+    `last_offset`, or this sensor's `offset`), so that a caught-up collection is not reported
+    as new again; -1 when none did."""
+    event = context.instance.get_latest_materialization_event(collection_key)
+    materialization = event.asset_materialization if event else None
+    if materialization is None:
+        return -1
+    for name in ("last_offset", "offset"):
+        value = materialization.metadata.get(name)
+        if value is not None and isinstance(value.value, int):
+            return value.value
+    return -1
 
 
 def _embedding_request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,19 @@ def test_groups_kinds_owners_and_metadata(asset_graph) -> None:
     columns = asset_graph.get(CDC).metadata["dagster/column_schema"].columns
     assert [c.name for c in columns] == ["id", "title", "body", "updated_at", "_meta"]
     assert asset_graph.get(SOURCE).metadata["dagster/table_name"] == "public.documents"
+
+
+def test_descriptions_read_right_in_the_ui(asset_graph) -> None:
+    """The UI renders descriptions as markdown, where `<chunk number>` is an HTML tag and
+    vanishes; no asset or column description may hold one."""
+    tag = re.compile(r"<[A-Za-z][^<>]*>")
+    for key in asset_graph.get_all_asset_keys():
+        node = asset_graph.get(key)
+        texts = [node.description or ""]
+        schema = node.metadata.get("dagster/column_schema")
+        texts += [c.description or "" for c in schema.columns] if schema else []
+        for text in texts:
+            assert not tag.search(text), (key, text)
 
 
 def _extended_specs(tmp_path: Path) -> Path:

@@ -83,6 +83,38 @@ def test_reports_progress_and_requests_runs_by_batch_size(source, capture) -> No
         assert [r.run_key for r in again.run_requests] == ["embed:0-5"]
 
 
+def test_a_first_tick_does_not_report_what_a_run_already_recorded(source, capture) -> None:
+    sensor = build_estuary_sensor(CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=99))
+    with dg.instance_for_test() as instance:
+        _insert(source, 1, 3)
+        capture()
+        # As the `main` run's capture step records it: the journal's last offset, 2.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=CDC_KEY, metadata={"last_offset": 2})
+        )
+        first, cursor = _tick(sensor, instance)
+        assert first.asset_events == [] and json.loads(cursor) == {"reported": 2}
+
+        _insert(source, 4, 1)
+        capture()
+        grown, _ = _tick(sensor, instance, cursor)
+        assert [e.metadata["offset"].value for e in grown.asset_events] == [3]
+
+
+def test_a_reset_journal_is_reported_from_its_start(source, capture) -> None:
+    sensor = build_estuary_sensor(CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=99))
+    with dg.instance_for_test() as instance:
+        # A materialization from another database under the same instance, far ahead.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=CDC_KEY, metadata={"last_offset": 500})
+        )
+        _insert(source, 1, 3)
+        capture()
+        first, cursor = _tick(sensor, instance)
+        assert [e.metadata["offset"].value for e in first.asset_events] == [2]
+        assert first.asset_events[0].metadata["documents_since_last_tick"].value == 3
+
+
 def test_one_run_in_flight_and_gpu_routing(source, capture) -> None:
     sensor = build_estuary_sensor(
         CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=2, gpu_documents=4)
