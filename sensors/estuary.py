@@ -16,6 +16,7 @@ recorded stands in for it, so a collection a run has just captured is not report
 from the start.
 """
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class Progress:
     new_documents: int
     latency_p50_ms: float | None
     latency_p99_ms: float | None
+    journal: str = ""  # which journal: a new database or a reset journal gets a new one
 
 
 def read_progress(
@@ -76,6 +78,7 @@ def read_progress(
                 (derived, reported, collection, derived, reported),
             )
             last, age, new = cur.fetchone()
+            journal = _journal_identity(cur, collection)
             from sophia_assets.flow.latency import latency_figures
 
             latency = (
@@ -92,6 +95,7 @@ def read_progress(
         new,
         latency.p50_ms if latency else None,
         latency.p99_ms if latency else None,
+        journal,
     )
 
 
@@ -156,6 +160,19 @@ def build_estuary_sensor(
     return _sensor
 
 
+def _journal_identity(cur, collection: str) -> str:
+    """A short digest of the database and of when the collection's journal began (its offset
+    0): run keys carry it, so a fresh database or SOPHIA_HOME under the same Dagster instance
+    does not reuse the run keys of offsets another journal already embedded."""
+    cur.execute(
+        "SELECT (SELECT oid FROM pg_database WHERE datname = current_database())::text, "
+        '(SELECT captured_at::text FROM flow.journal WHERE collection = %s AND "offset" = 0)',
+        (collection,),
+    )
+    database, began = cur.fetchone()
+    return hashlib.sha256(f"{database}:{began}".encode()).hexdigest()[:8]
+
+
 def _recorded_offset(context: dg.SensorEvaluationContext, collection_key: dg.AssetKey) -> int:
     """The journal offset the collection's latest materialization recorded (a run's
     `last_offset`, or this sensor's `offset`), so that a caught-up collection is not reported
@@ -195,7 +212,7 @@ def _embedding_request(
         return None, f"an embedding run is in flight ({running[0].run_id}); one at a time"
     runner = "gpu" if pending >= thresholds.gpu_documents else "local"
     return dg.RunRequest(
-        run_key=f"embed:{progress.derived_offset + 1}-{progress.last_offset}",
+        run_key=f"embed:{progress.journal}:{progress.derived_offset + 1}-{progress.last_offset}",
         asset_selection=[derivation_key],
         tags={"sophia/runner": runner, "sophia/pending_documents": str(pending)},
     ), None

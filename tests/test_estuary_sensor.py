@@ -11,7 +11,15 @@ import pytest
 
 from resources.postgres import PostgresResource
 from sensors.estuary import Thresholds, build_estuary_sensor
-from tests.support.cdc import catalog_copy, load, runner, sql
+from tests.support.cdc import (
+    DOCUMENTS_DDL,
+    catalog_copy,
+    drop_database,
+    load,
+    new_database,
+    runner,
+    sql,
+)
 from tests.support.postgres import SOURCE_URL_ENV
 
 pytestmark = pytest.mark.slow
@@ -74,13 +82,13 @@ def test_reports_progress_and_requests_runs_by_batch_size(source, capture) -> No
         assert third.asset_events[0].metadata["documents_since_last_tick"].value == 3
         assert third.asset_events[0].metadata["latency_p99_ms"].value > 0
         (request,) = third.run_requests
-        assert request.run_key == "embed:0-5" and request.tags["sophia/runner"] == "local"
+        assert request.run_key.endswith(":0-5") and request.tags["sophia/runner"] == "local"
         assert request.asset_selection == [UPDATES_KEY]  # its own derivation, nothing else
 
         # A daemon restarted with the stored cursor neither re-reports nor loses the request.
         again, _ = _tick(sensor, instance, cursor)
         assert again.asset_events == []
-        assert [r.run_key for r in again.run_requests] == ["embed:0-5"]
+        assert [r.run_key for r in again.run_requests] == [request.run_key]
 
 
 def test_a_first_tick_does_not_report_what_a_run_already_recorded(source, capture) -> None:
@@ -115,6 +123,30 @@ def test_a_reset_journal_is_reported_from_its_start(source, capture) -> None:
         assert first.asset_events[0].metadata["documents_since_last_tick"].value == 3
 
 
+def test_a_new_database_gets_new_run_keys(
+    source, capture, postgres_url, tmp_path, monkeypatch
+) -> None:
+    """A fresh database (or SOPHIA_HOME) under the same Dagster instance starts its offsets
+    at 0 again; its runs must not share keys with the ones the old journal already used,
+    which Dagster would skip as done."""
+    sensor = build_estuary_sensor(CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=1))
+    with dg.instance_for_test() as instance:
+        _insert(source, 1, 1)
+        capture()
+        (first,) = _tick(sensor, instance)[0].run_requests
+        other = new_database(postgres_url)
+        try:
+            sql(other, DOCUMENTS_DDL)
+            _insert(other, 1, 1)
+            runner(other, load(catalog_copy(tmp_path / "other", slot="other_slot"))).drain()
+            monkeypatch.setenv(SOURCE_URL_ENV, other)
+            (second,) = _tick(sensor, instance)[0].run_requests
+        finally:
+            drop_database(other)
+    assert first.run_key.endswith(":0-0") and second.run_key.endswith(":0-0")
+    assert first.run_key != second.run_key
+
+
 def test_one_run_in_flight_and_gpu_routing(source, capture) -> None:
     sensor = build_estuary_sensor(
         CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=2, gpu_documents=4)
@@ -145,7 +177,8 @@ def test_max_wait_starts_a_small_batch(source, capture) -> None:
         _insert(source, 1, 1)
         capture()
         assert _tick(patient, instance)[0].run_requests == []
-        assert [r.run_key for r in _tick(impatient, instance)[0].run_requests] == ["embed:0-0"]
+        (request,) = _tick(impatient, instance)[0].run_requests
+        assert request.run_key.startswith("embed:") and request.run_key.endswith(":0-0")
 
 
 def test_index_follows_vector_updates_without_running_when_nothing_changed() -> None:
