@@ -40,6 +40,16 @@ def int8_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture
+def own_copy(int8_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of this test's own, with a copy of the module's caches, to damage at will."""
+    home = tmp_path / "home"
+    shutil.copytree(int8_home / "cache", home / "cache")
+    monkeypatch.setenv("SOPHIA_HOME", str(home))
+    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
+    return home
+
+
 def int8_card() -> ModelCard:
     return ModelCard.read(default_model_path()).at_precision("int8")
 
@@ -67,13 +77,7 @@ def test_int8_vectors_are_close_to_fp32_but_not_equal(int8_home: Path, monkeypat
     assert cosine.max() < 0.99999  # different vectors: that is why the version names int8
 
 
-def test_a_cached_int8_model_is_reused_and_a_damaged_one_made_again(
-    int8_home: Path, tmp_path: Path, monkeypatch
-) -> None:
-    home = tmp_path / "home"
-    shutil.copytree(int8_home / "cache", home / "cache")
-    monkeypatch.setenv("SOPHIA_HOME", str(home))
-    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
+def test_a_cached_int8_model_is_reused_and_a_damaged_one_made_again(own_copy: Path) -> None:
     folder = cache_dir(int8_card())
     asked = []
 
@@ -89,13 +93,7 @@ def test_a_cached_int8_model_is_reused_and_a_damaged_one_made_again(
     assert model == (folder / INT8_FILE).read_bytes()
 
 
-def test_a_failed_guard_refuses_int8_with_its_figures(
-    int8_home: Path, tmp_path: Path, monkeypatch, caplog
-) -> None:
-    home = tmp_path / "home"
-    shutil.copytree(int8_home / "cache", home / "cache")
-    monkeypatch.setenv("SOPHIA_HOME", str(home))
-    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
+def test_a_failed_guard_refuses_int8_with_its_figures(own_copy: Path) -> None:
     path = cache_dir(int8_card()) / INT8_REPORT
     report = QuantReport(**json.loads(path.read_text()))
     failed = replace(report, int8_recall_at_10=report.fp32_recall_at_10 - 0.05)
@@ -116,13 +114,7 @@ def test_the_guard_judges_by_one_point_of_recall() -> None:
     assert replace(base, int8_recall_at_10=0.99).passed  # better is fine
 
 
-def test_int8_without_guard_documents_says_what_to_do(
-    int8_home: Path, tmp_path: Path, monkeypatch
-) -> None:
-    home = tmp_path / "home"
-    shutil.copytree(int8_home / "cache", home / "cache")
-    monkeypatch.setenv("SOPHIA_HOME", str(home))
-    monkeypatch.setenv("SOPHIA_CACHE", str(home / "cache"))
+def test_int8_without_guard_documents_says_what_to_do(own_copy: Path) -> None:
     for name in (INT8_FILE, INT8_REPORT):
         (cache_dir(int8_card()) / name).unlink()  # the fp32 export alone
     with pytest.raises(ModelError, match="needs documents to guard"):
