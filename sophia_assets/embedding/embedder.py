@@ -19,7 +19,7 @@ offered where a guard measured that it keeps retrieval quality (`onnx_quantize`)
 differ, so it is part of the model's version.
 
 On the CPU, batches are small (`CPU_BATCH`): here both backends embedded 256-token chunks
-faster in batches of 4 than of 32 or 64 (attention's working set outgrows the caches).
+faster in batches of 4 than of 32 or 64 (measured with `bench.embed` and by hand).
 """
 
 from __future__ import annotations
