@@ -12,6 +12,7 @@
 
 import os
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -76,6 +77,16 @@ class LambdaGpuRunner(GpuRunner):
     remote_python: str = Field(
         default=UV, description="'uv' builds the locked environment there; else an interpreter."
     )
+    remote_setup: str = Field(
+        default="", description="A shell command run in the project folder there first."
+    )
+    deployment: str = Field(
+        default="default",
+        description="Tags the instances; the janitor only judges its own deployment's.",
+    )
+    firewall_rulesets: list[str] = Field(
+        default=[], description="Lambda firewall ruleset ids attached at launch (port 22)."
+    )
     active_timeout_s: float = 900.0
     ssh_timeout_s: float = 300.0
     poll_s: float = 5.0
@@ -96,14 +107,21 @@ class LambdaGpuRunner(GpuRunner):
             ("ssh_user", "SOPHIA_LAMBDA_SSH_USER", str),
             ("ssh_port", "SOPHIA_LAMBDA_SSH_PORT", int),
             ("remote_python", "SOPHIA_LAMBDA_REMOTE_PYTHON", str),
+            ("remote_setup", "SOPHIA_LAMBDA_SETUP", str),
+            ("deployment", "SOPHIA_DEPLOYMENT", str),
             ("active_timeout_s", "SOPHIA_LAMBDA_ACTIVE_TIMEOUT_S", float),
             ("poll_s", "SOPHIA_LAMBDA_POLL_S", float),
+            ("heartbeat_s", "SOPHIA_LAMBDA_HEARTBEAT_S", float),
             ("device", "SOPHIA_LAMBDA_DEVICE", str),
         ):
             if env.get(name):
                 values[field] = cast(env[name])
-        if env.get("SOPHIA_LAMBDA_CHOICES"):
-            values["choices"] = [c.strip() for c in env["SOPHIA_LAMBDA_CHOICES"].split(",")]
+        for field, name in (
+            ("choices", "SOPHIA_LAMBDA_CHOICES"),
+            ("firewall_rulesets", "SOPHIA_LAMBDA_FIREWALL_RULESETS"),
+        ):
+            if env.get(name):
+                values[field] = [item.strip() for item in env[name].split(",") if item.strip()]
         if env.get("SOPHIA_LAMBDA_FALLBACK_LOCAL"):
             values["fallback_to_local"] = env["SOPHIA_LAMBDA_FALLBACK_LOCAL"] in ("1", "true")
         return cls(**values)
@@ -132,6 +150,8 @@ class LambdaGpuRunner(GpuRunner):
                 known_hosts=Path(tmp) / "known_hosts",
                 run_id=context.run.run_id,
                 log=context.log.info,
+                deployment=self.deployment,
+                firewall_rulesets=self.firewall_rulesets,
                 ssh_port=self.ssh_port,
                 active_timeout_s=self.active_timeout_s,
                 ssh_timeout_s=self.ssh_timeout_s,
@@ -155,9 +175,12 @@ class LambdaGpuRunner(GpuRunner):
             embedder = None
             try:
                 workdir = f"sophia-{context.run.run_id[:8]}"
-                digest = ship_project(rented.target, workdir)
-                context.log.info(f"project {digest[:12]} shipped to {rented.target.host}")
-                python = prepare_python(rented.target, workdir, self.remote_python)
+                with beat.kept_alive():  # a cold `uv sync` there can take minutes
+                    digest = ship_project(rented.target, workdir)
+                    context.log.info(f"project {digest[:12]} shipped to {rented.target.host}")
+                    python = prepare_python(
+                        rented.target, workdir, self.remote_python, self.remote_setup
+                    )
                 embedder = EntrypointEmbedder(
                     card,
                     remote_invoke(context, rented.target, workdir, python, on_line=beat),
@@ -178,14 +201,36 @@ class _Heartbeat:
 
     def __init__(self, context: dg.AssetExecutionContext, every_s: float):
         self.context, self.every_s, self.last = context, every_s, 0.0
+        self._lock = threading.Lock()
 
     def __call__(self, tags: dict[str, str] | None = None) -> None:
-        now = time.time()
-        if tags or now - self.last >= self.every_s:
-            self.last = now
+        if tags or time.time() - self.last >= self.every_s:
+            self._beat(tags or {})
+
+    def _beat(self, tags: dict[str, str]) -> None:
+        with self._lock:
+            self.last = time.time()
             self.context.instance.add_run_tags(
-                self.context.run.run_id, {**(tags or {}), HEARTBEAT_TAG: str(int(now))}
+                self.context.run.run_id, {**tags, HEARTBEAT_TAG: str(int(self.last))}
             )
+
+    @contextmanager
+    def kept_alive(self) -> Iterator[None]:
+        """Beats from a thread while a long blocking step runs: the janitor would take a
+        silent run for a dead worker."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.every_s):
+                self._beat({})
+
+        thread = threading.Thread(target=beat, name="lambda-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _report_costs(context: dg.AssetExecutionContext, metadata: dict[str, object]) -> None:

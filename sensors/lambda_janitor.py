@@ -46,7 +46,13 @@ def build_janitor_sensor(
             with gpu_runner.client() as client:
                 instances = client.instances()
                 verdicts = judge(
-                    instances, context.instance, first_seen, now(), heartbeat_timeout_s, max_age_s
+                    instances,
+                    context.instance,
+                    first_seen,
+                    now(),
+                    heartbeat_timeout_s,
+                    max_age_s,
+                    gpu_runner.deployment,
                 )
                 if verdicts:
                     client.terminate([v.instance.id for v in verdicts])

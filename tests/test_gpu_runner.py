@@ -53,6 +53,7 @@ def _api(sshd: LoopbackSshd, monkeypatch: pytest.MonkeyPatch, **kwargs):
     """A loopback Lambda API, and the SOPHIA_LAMBDA_* settings that point the runner at it."""
     server = LambdaCloudContractServer(**{"boot_s": 0.3, "terminate_s": 0.2, **kwargs})
     server.add_ssh_key("sophia-embedding", (sshd.root / "client_key.pub").read_text())
+    server.on_launch = lambda instance: sshd.apply_cloud_init(instance.user_data)
     for name, value in {
         "SOPHIA_LAMBDA_API_KEY": API_KEY,
         "SOPHIA_LAMBDA_URL": server.url,
@@ -116,7 +117,11 @@ def test_remote_vectors_equal_the_local_runners(lambda_api, tmp_path, monkeypatc
     assert "sophia/lambda_heartbeat" in tags
     [rented] = lambda_api.fleet.values()
     assert rented.history == ["booting", "active", "terminating", "terminated"]
-    assert rented.tags == {"sophia": "embedding", "dagster-run": remote.run_id}
+    assert rented.tags == {
+        "sophia": "embedding",
+        "dagster-run": remote.run_id,
+        "sophia-deployment": "default",
+    }
     assert lambda_api.live() == []
 
 
@@ -204,6 +209,45 @@ def test_an_ssh_drop_fails_the_run_and_terminates_the_instance(lambda_api, sshd)
     assert not result.success
     assert "dropped while the entrypoint ran" in step_failure(result)
     assert lambda_api.live() == []
+
+
+def test_a_host_presenting_another_key_fails_the_run_and_is_terminated(lambda_api, sshd) -> None:
+    lambda_api.on_launch = lambda instance: None  # cloud-init never ran: sshd keeps its own key
+    with dg.instance_for_test() as instance:
+        result = _probe(instance, LambdaGpuRunner.from_environment(), raise_on_error=False)
+    assert not result.success
+    assert "presented a host key other than the one handed to it at launch" in step_failure(result)
+    assert lambda_api.live() == []
+    [rented] = lambda_api.fleet.values()
+    assert rented.history[-2:] == ["terminating", "terminated"]
+
+
+def test_the_heartbeat_goes_on_through_a_long_remote_set_up(sshd, tmp_path, monkeypatch) -> None:
+    marker = tmp_path / "set-up-started"
+    with _api(sshd, monkeypatch) as server, dg.instance_for_test() as instance:
+        monkeypatch.setenv("SOPHIA_LAMBDA_SETUP", f"touch {marker} && sleep 4")
+        monkeypatch.setenv("SOPHIA_LAMBDA_HEARTBEAT_S", "0.5")
+        runner = LambdaGpuRunner.from_environment()
+        outcome = {}
+        worker = threading.Thread(target=lambda: outcome.update(result=_probe(instance, runner)))
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the set-up to begin
+        [run] = instance.get_runs()
+        janitor = build_janitor_sensor(heartbeat_timeout_s=2.0)
+        resources = {"gpu_runner": runner}
+        while marker.stat().st_mtime + 3 > time.time():
+            time.sleep(0.1)  # until the set-up has been silent for longer than the timeout
+        tick = janitor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, resources=resources)
+        )
+        worker.join(timeout=180)
+        assert tick.asset_events == [], [e.metadata["reason"] for e in tick.asset_events]
+        assert outcome["result"].success
+        assert server.live() == []
+        assert run.run_id == outcome["result"].run_id
+    assert server.violations == []
 
 
 def test_an_instance_never_active_is_terminated_at_the_timeout(sshd, monkeypatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sophia_assets.gpu.lambda_api import (
     InsufficientCapacity,
@@ -206,6 +207,66 @@ def test_session_terminates_even_when_interrupted_while_terminating(clock, tmp_p
     assert server.violations == []
 
 
+@pytest.mark.parametrize("lost_as", ["drop", "502"])
+def test_an_unanswered_launch_is_adopted_never_repeated(clock, tmp_path, lost_as) -> None:
+    with _server(clock, lose_launch_answers=1, lose_as=lost_as) as server:
+        session = _session(server, clock, tmp_path)
+        session._launch()
+        [created] = server.fleet.values()
+        assert len(server.launches) == 1  # the lost answer was not answered by a second launch
+        assert session.figures.instance_id == created.id
+        assert session.figures.tried == [
+            f"gpu_1x_a10@us-east-1: launch unanswered, adopted {created.id}"
+        ]
+        session._wait_active()
+        session.close()
+        assert server.live() == []
+    assert server.violations == []
+
+
+def test_an_instance_that_shows_up_late_after_a_lost_launch_is_terminated(clock, tmp_path) -> None:
+    capacity = {A10_EAST: 1, A10_WEST: 1}
+    with _server(clock, capacity=capacity, lose_launch_answers=1) as server:
+        server.listed_after_s = 30.0  # longer than the session keeps looking
+        session = _session(server, clock, tmp_path)
+        session._launch()
+        first, second = server.fleet.values()
+        assert session.figures.instance_id == second.id  # it moved on to the next choice
+        assert "gpu_1x_a10@us-east-1: launch unanswered, no instance found" in session.figures.tried
+        session._wait_active()
+        clock.sleep(30)
+        session.close()  # sweeps the run's instances: the first one is listed by now
+        assert first.status == "terminating"
+        clock.sleep(5)  # the server's clock: termination takes a second there
+        assert server.live() == []
+        assert first.history[-2:] == ["terminating", "terminated"]
+    assert server.violations == []
+
+
+def test_each_instance_gets_its_own_host_key_pinned_for_its_address(clock, tmp_path) -> None:
+    with _server(clock) as server:
+        session = _session(server, clock, tmp_path, firewall_rulesets=["fw-ssh-from-runner"])
+        session._launch()
+        session._wait_active()
+        [launched] = server.fleet.values()
+        cloud_config = yaml.safe_load(launched.user_data)
+        public = cloud_config["ssh_keys"]["ed25519_public"]
+        assert cloud_config["ssh_deletekeys"] is True  # the image's own keys go
+        assert "PRIVATE KEY" in cloud_config["ssh_keys"]["ed25519_private"]
+        assert (tmp_path / "known_hosts").read_text().split() == ["127.0.0.1", *public.split()[:2]]
+        assert "StrictHostKeyChecking=yes" in session.target.command("true")
+        assert launched.firewall_rulesets == ["fw-ssh-from-runner"]
+        assert launched.tags["sophia-deployment"] == "default"
+        session.close()
+        other = _session(server, clock, tmp_path / "other")
+        (tmp_path / "other").mkdir()
+        clock.sleep(12)  # another client: the account's launch limit still holds
+        other._launch()
+        assert server.fleet[other.figures.instance_id].user_data != launched.user_data
+        other.close()
+    assert server.violations == []
+
+
 def test_janitor_terminates_exactly_the_instances_no_live_run_owns(clock, monkeypatch) -> None:
     import json
     import time
@@ -221,21 +282,33 @@ def test_janitor_terminates_exactly_the_instances_no_live_run_owns(clock, monkey
     with _server(clock, capacity={A10_EAST: 10}) as server, dg.instance_for_test() as instance:
         client = LambdaCloud(API_KEY, server.url, clock=clock)
 
-        def rent(name: str, status=None, beat: float | None = None, ours: bool = True) -> str:
+        def rent(name: str, status=None, beat=None, ours=True, deployment="default", uses=None):
             run_id = None
             if status is not None:
                 tags = {"sophia/lambda_heartbeat": str(int(beat))} if beat else {}
+                tags |= {"sophia/lambda_instance": uses} if uses else {}
                 run_id = create_run_for_test(instance, status=status, tags=tags).run_id
-            tags = {"sophia": "embedding", "dagster-run": run_id or "f" * 36} if ours else {}
-            return client.launch("us-east-1", "gpu_1x_a10", "sophia-embedding", name, tags)
+            tags = {
+                "sophia": "embedding",
+                "dagster-run": run_id or "f" * 36,
+                "sophia-deployment": deployment,
+            }
+            return client.launch(
+                "us-east-1", "gpu_1x_a10", "sophia-embedding", name, tags if ours else {}
+            )
 
         expected = {
             rent("finished", dg.DagsterRunStatus.SUCCESS, now): "is SUCCESS",
             rent("silent", started, now - 1200): "but silent for 120",
             rent("unknown-run"): "is unknown here",
             rent("too-old", started, now): "maximum age",
+            rent("duplicate", started, now - 60, uses="0" * 32): f"uses {'0' * 32}",
         }
-        kept = [rent("alive", started, now - 60), rent("not-ours", ours=False)]
+        kept = [
+            rent("alive", started, now - 60),
+            rent("not-ours", ours=False),
+            rent("another-deployment", dg.DagsterRunStatus.SUCCESS, now, deployment="staging"),
+        ]
         too_old = next(k for k, v in expected.items() if v == "maximum age")
         cursor = {i: now - 300 for i in [*expected, *kept]}  # all first seen 5 minutes ago
         cursor[too_old] = now - 7 * 3600

@@ -31,6 +31,11 @@ class LambdaCloudError(RuntimeError):
         super().__init__(text + (f" ({suggestion})" if suggestion else ""))
 
 
+class LaunchOutcomeUnknown(LambdaCloudError):
+    """A launch request timed out, dropped or met a 5xx: an instance may exist or not. The
+    contract has no idempotency key, so the caller lists instances by tag instead of retrying."""
+
+
 class InsufficientCapacity(LambdaCloudError):
     pass
 
@@ -165,8 +170,11 @@ class LambdaCloud:
         name: str,
         tags: dict[str, str],
         file_systems: list[str] | None = None,
+        user_data: str | None = None,
+        firewall_rulesets: list[str] | None = None,
     ) -> str:
-        """Launches one instance and returns its id; paced to one launch per 12 s."""
+        """Launches one instance and returns its id; paced to one launch per 12 s. Never
+        retried once sent: an answerless attempt raises `LaunchOutcomeUnknown`."""
         body: dict[str, Any] = {
             "region_name": region,
             "instance_type_name": instance_type,
@@ -176,10 +184,15 @@ class LambdaCloud:
         }
         if file_systems:
             body["file_system_names"] = file_systems
+        if user_data:
+            body["user_data"] = user_data
+        if firewall_rulesets:
+            body["firewall_rulesets"] = [{"id": ruleset} for ruleset in firewall_rulesets]
         if self._last_launch is not None:
             self.clock.sleep(self._last_launch + self.launch_interval_s - self.clock.monotonic())
         try:
-            return self._call("POST", "/instance-operations/launch", body)["instance_ids"][0]
+            path = "/instance-operations/launch"
+            return self._call("POST", path, body, idempotent=False)["instance_ids"][0]
         finally:
             self._last_launch = self.clock.monotonic()
 
@@ -202,19 +215,32 @@ class LambdaCloud:
 
     # -- transport ----------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: dict | None = None, idempotent: bool = True
+    ) -> Any:
+        """One call, retried with backoff on 429, and (when `idempotent`) on 5xx and transport
+        errors. A request that may have taken effect is not repeated when not idempotent."""
         backoff = Backoff(self.request_interval_s, 30.0)
         for attempt in range(RETRIES + 1):
             self._pace()
             try:
                 response = self._http.request(method, path, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as err:  # never sent
+                if attempt == RETRIES:
+                    raise LambdaCloudError(0, "transport", f"{method} {path}: {err}") from err
             except httpx.TransportError as err:
+                if not idempotent:
+                    raise LaunchOutcomeUnknown(0, "transport", f"{method} {path}: {err!r}") from err
                 if attempt == RETRIES:
                     raise LambdaCloudError(0, "transport", f"{method} {path}: {err}") from err
             else:
                 if response.status_code < 400:
                     return response.json()["data"]
                 error = _error(response)
+                if response.status_code >= 500 and not idempotent:
+                    raise LaunchOutcomeUnknown(
+                        error.status, error.code, f"{method} {path}: a server error"
+                    ) from error
                 if not isinstance(error, RateLimited) and response.status_code < 500:
                     raise error
                 if attempt == RETRIES:

@@ -39,8 +39,11 @@ def ship_project(target: SshTarget, workdir: str) -> str:
     return digest
 
 
-def prepare_python(target: SshTarget, workdir: str, remote_python: str) -> str:
-    """The interpreter command to run the entrypoint with, from inside `workdir`."""
+def prepare_python(target: SshTarget, workdir: str, remote_python: str, setup: str = "") -> str:
+    """The interpreter command to run the entrypoint with, from inside `workdir`, after the
+    user's own `setup` shell command (if any) ran there."""
+    if setup:
+        target.run(f"cd {shlex.quote(workdir)} && {setup}", timeout_s=SETUP_TIMEOUT_S)
     if remote_python != UV:
         return shlex.quote(remote_python)
     target.run(_UV_SETUP.format(workdir=shlex.quote(workdir)), timeout_s=SETUP_TIMEOUT_S)

@@ -1,6 +1,8 @@
 """One rented GPU for one Dagster run: launch on the first type and region with capacity, wait
-until it is active and answers SSH, and terminate it in every outcome (success, failure,
-SSH drop, interrupt, never becoming active). What it cost is reported as figures."""
+until it is active and answers SSH with the host key handed to it at launch, and terminate it
+in every outcome (success, failure, SSH drop, interrupt, never becoming active). A launch
+that got no answer is never repeated blindly: the instances tagged with the run are listed
+and one is adopted, the rest terminated. What it cost is reported as figures."""
 
 from __future__ import annotations
 
@@ -10,16 +12,22 @@ from pathlib import Path
 
 import dagster as dg
 
+from sophia_assets.gpu.host_key import HostKey
 from sophia_assets.gpu.lambda_api import (
+    Instance,
     InsufficientCapacity,
     LambdaCloud,
     LambdaCloudError,
+    LaunchOutcomeUnknown,
     NotFound,
 )
 from sophia_assets.gpu.ssh import SshTarget
 
 OURS_TAG = "sophia"  # value "embedding": the janitor's mark
 RUN_TAG = "dagster-run"
+INSTANCE_TAG = "sophia/lambda_instance"  # the run tag naming the instance the run uses
+DEPLOYMENT_TAG = "sophia-deployment"  # a janitor touches only its own deployment's instances
+RECONCILE_LISTINGS = 3  # an instance can take a moment to appear in the listing
 GONE = ("terminated", "preempted")
 _INTERRUPTS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
 
@@ -90,6 +98,8 @@ class LambdaSession:
         known_hosts: Path,
         run_id: str,
         log: Callable[[str], None],
+        deployment: str = "default",
+        firewall_rulesets: list[str] | None = None,
         ssh_port: int = 22,
         active_timeout_s: float = 900.0,
         ssh_timeout_s: float = 300.0,
@@ -105,8 +115,15 @@ class LambdaSession:
         self.active_timeout_s, self.ssh_timeout_s = active_timeout_s, ssh_timeout_s
         self.terminate_timeout_s, self.poll_s = terminate_timeout_s, poll_s
         self.heartbeat = heartbeat
+        self.deployment, self.firewall_rulesets = deployment, firewall_rulesets or []
         self.figures = SessionFigures()
         self.target: SshTarget | None = None
+        self.host_key: HostKey | None = None
+        self.uncertain = False  # a launch went unanswered: sweep the run's instances at close
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {OURS_TAG: "embedding", RUN_TAG: self.run_id, DEPLOYMENT_TAG: self.deployment}
 
     def __enter__(self) -> LambdaSession:
         try:
@@ -125,6 +142,7 @@ class LambdaSession:
 
     def _launch(self) -> None:
         offered = {t.name: t for t in self.client.instance_types()}
+        self.host_key = HostKey.generate(f"sophia-embed-{self.run_id[:8]}")
         self.figures.launch_requested_at = self.client.clock.monotonic()
         for choice in self.choices:
             kind = offered.get(choice.instance_type)
@@ -140,19 +158,54 @@ class LambdaSession:
                     choice.instance_type,
                     self.ssh_key_name,
                     name=f"sophia-embed-{self.run_id[:8]}",
-                    tags={OURS_TAG: "embedding", RUN_TAG: self.run_id},
+                    tags=self.tags,
+                    user_data=self.host_key.cloud_init(),
+                    firewall_rulesets=self.firewall_rulesets,
                 )
             except InsufficientCapacity:
                 self.figures.tried.append(f"{choice}: insufficient capacity at launch")
                 continue
-            self.figures.tried.append(f"{choice}: launched {instance_id}")
+            except LaunchOutcomeUnknown as err:
+                self.uncertain = True
+                self.log(f"launch on {choice} got no answer ({err}); listing the run's instances")
+                instance_id = self._adopt()
+                if instance_id is None:
+                    self.figures.tried.append(f"{choice}: launch unanswered, no instance found")
+                    continue
+                self.figures.tried.append(f"{choice}: launch unanswered, adopted {instance_id}")
+            else:
+                self.figures.tried.append(f"{choice}: launched {instance_id}")
             self.figures.instance_id = instance_id
             self.figures.instance_type, self.figures.region = choice.instance_type, choice.region
             self.figures.price_cents_per_hour = kind.price_cents_per_hour
-            self.heartbeat({"sophia/lambda_instance": instance_id})
+            self.heartbeat({INSTANCE_TAG: instance_id})
             self.log(f"launched {instance_id} ({choice}, ${kind.price_cents_per_hour / 100}/h)")
             return
         raise NoCapacity("no Lambda Cloud capacity; tried " + "; ".join(self.figures.tried))
+
+    def _mine(self) -> list[Instance]:
+        """This run's live instances on the account, by tag."""
+        return [
+            i
+            for i in self.client.instances()
+            if i.tags.get(RUN_TAG) == self.run_id
+            and i.tags.get(DEPLOYMENT_TAG) == self.deployment
+            and i.status not in (*GONE, "terminating")
+        ]
+
+    def _adopt(self) -> str | None:
+        """After an unanswered launch: keep one of the run's instances, terminate the rest."""
+        for listing in range(RECONCILE_LISTINGS):
+            if listing:
+                self.client.clock.sleep(self.poll_s)
+            found = self._mine()
+            if found:
+                keep, *extra = found
+                if extra:
+                    self.client.terminate([i.id for i in extra])
+                    self.log(f"terminated duplicates {', '.join(i.id for i in extra)}")
+                return keep.id
+        return None
 
     def _wait_active(self) -> None:
         clock = self.client.clock
@@ -161,6 +214,7 @@ class LambdaSession:
             instance = self.client.instance(self.figures.instance_id)
             if instance.status == "active" and instance.ip:
                 self.figures.active_at = clock.monotonic()
+                self.host_key.pin(self.known_hosts, instance.ip, self.ssh_port)
                 self.target = SshTarget(
                     instance.ip, self.ssh_user, self.ssh_key_path, self.known_hosts, self.ssh_port
                 )
@@ -184,6 +238,24 @@ class LambdaSession:
     def close(self) -> None:
         """Terminates the instance and waits until Lambda says it is gone. Interrupts that
         arrive meanwhile are held until it is done: a leaked GPU costs money every hour."""
+        try:
+            self._terminate_own()
+        finally:
+            if self.uncertain:
+                self._sweep()
+
+    def _sweep(self) -> None:
+        """An unanswered launch may have created an instance that shows up only now."""
+        self.uncertain = False
+        try:
+            stray = [i.id for i in self._mine() if i.id != self.figures.instance_id]
+            if stray:
+                self.client.terminate(stray)
+                self.log(f"terminated {', '.join(stray)}, created by an unanswered launch")
+        except LambdaCloudError as err:
+            self.log(f"listing the run's instances failed ({err}); the lambda_janitor will look")
+
+    def _terminate_own(self) -> None:
         instance_id = self.figures.instance_id
         if instance_id is None or self.figures.terminated_at is not None:
             return

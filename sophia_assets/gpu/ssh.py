@@ -18,12 +18,16 @@ class SshError(RuntimeError):
     """The SSH connection failed or dropped."""
 
 
+class HostKeyRejected(SshError):
+    """The machine at the address presented a host key other than the one pinned for it."""
+
+
 @dataclass(frozen=True)
 class SshTarget:
     host: str
     user: str
     key_path: Path
-    known_hosts: Path  # per session: a rented address is reused by other machines later
+    known_hosts: Path  # holds only the key handed to this instance at launch
     port: int = 22
     connect_timeout_s: int = 10
 
@@ -43,7 +47,7 @@ class SshTarget:
             "-o",
             "IdentitiesOnly=yes",
             "-o",
-            "StrictHostKeyChecking=accept-new",
+            "StrictHostKeyChecking=yes",
             "-o",
             f"UserKnownHostsFile={self.known_hosts}",
             "-o",
@@ -68,6 +72,11 @@ class SshTarget:
 
     def check(self, returncode: int, stderr: str, remote: str) -> None:
         tail = stderr.strip()[-1500:]
+        if returncode == SSH_FAILED and "Host key verification failed" in stderr:
+            raise HostKeyRejected(
+                f"{self.address} presented a host key other than the one handed to it at launch "
+                "(a recycled address or someone in the middle); not connecting"
+            )
         if returncode == SSH_FAILED:
             raise SshError(f"SSH to {self.address} failed or dropped: {tail or 'no message'}")
         if returncode != 0:
@@ -88,6 +97,8 @@ class SshTarget:
             try:
                 self.run("true", timeout_s=self.connect_timeout_s + 5)
                 return
+            except HostKeyRejected:
+                raise  # waiting will not change the key
             except (SshError, subprocess.TimeoutExpired) as err:
                 if clock.monotonic() >= deadline:
                     raise SshError(

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -93,6 +94,19 @@ class LoopbackSshd:
             except OSError:
                 time.sleep(0.05)  # polling a port that is coming up
         raise RuntimeError("sshd did not listen within 15 s")
+
+    def apply_cloud_init(self, user_data: str) -> None:
+        """What cloud-init does at first boot with a launch's `ssh_keys`: the host key
+        becomes the one given, and sshd restarts with it."""
+        config = yaml.safe_load(user_data) if user_data else None
+        private = ((config or {}).get("ssh_keys") or {}).get("ed25519_private")
+        if not private:
+            return
+        self.stop()
+        host_key = self.root / "host_key"
+        host_key.write_text(private)
+        host_key.chmod(0o600)
+        self.start()
 
     def drop_connections(self) -> int:
         """Kills the per-connection sshd processes: every session drops, the server stays."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sophia_assets.gpu.clock import Clock, SystemClock
-from tests.support.contract_servers.contract_server import ContractServer
+from tests.support.contract_servers.contract_server import ContractServer, DropConnection
 
 API_KEY = "lambda-test-key-not-a-secret"
 LAUNCH_INTERVAL_S = 12.0
@@ -54,6 +55,8 @@ class FakeInstance:
     ssh_key: str
     tags: dict[str, str]
     launched_at: float
+    user_data: str = ""
+    firewall_rulesets: list[str] = field(default_factory=list)
     status: str = "booting"
     terminate_requested_at: float | None = None
     history: list[str] = field(default_factory=lambda: ["booting"])
@@ -69,6 +72,8 @@ class LambdaCloudContractServer(ContractServer):
         ip: str = "127.0.0.1",
         quota: int | None = None,
         phantom: set[tuple[str, str]] | None = None,
+        lose_launch_answers: int = 0,
+        lose_as: str = "drop",
     ):
         super().__init__("lambda-cloud-api-1.8.3.json")
         self.clock = clock or SystemClock()
@@ -79,6 +84,11 @@ class LambdaCloudContractServer(ContractServer):
         self.boot_s, self.terminate_s, self.ip, self.quota = boot_s, terminate_s, ip, quota
         # listed as having capacity, but gone by the time a launch arrives (a race)
         self.phantom = set(phantom or ())
+        # the next N launches create their instance, then the answer is lost: the connection
+        # drops ("drop") or a gateway answers 502 ("502")
+        self.lose_launch_answers, self.lose_as = lose_launch_answers, lose_as
+        self.listed_after_s = 0.0  # a new instance shows in GET /instances only after this
+        self.on_launch: Callable[[FakeInstance], None] = lambda instance: None
         self.fleet: dict[str, FakeInstance] = {}
         self.ssh_keys: dict[str, dict[str, str]] = {}
         self.launches: list[tuple[float, str, str, str]] = []  # (time, type, region, outcome)
@@ -115,7 +125,11 @@ class LambdaCloudContractServer(ContractServer):
             if route == "/instance-operations/launch" and method == "post":
                 return self._launch(data)
             if route == "/instances" and method == "get":
-                return 200, {"data": [self._render(i) for i in self.fleet.values()]}
+                now = self.clock.monotonic()
+                listed = [
+                    i for i in self.fleet.values() if now - i.launched_at >= self.listed_after_s
+                ]
+                return 200, {"data": [self._render(i) for i in listed]}
             if route.startswith("/instances/") and method == "get":
                 instance = self.fleet.get(route.rsplit("/", 1)[1])
                 if instance is None:
@@ -159,9 +173,17 @@ class LambdaCloudContractServer(ContractServer):
             ssh_key=data["ssh_key_names"][0],
             tags={t["key"]: t["value"] for t in data.get("tags") or []},
             launched_at=now,
+            user_data=data.get("user_data") or "",
+            firewall_rulesets=[r["id"] for r in data.get("firewall_rulesets") or []],
         )
         self.fleet[instance.id] = instance
         self.launches.append((now, kind, region, instance.id))
+        self.on_launch(instance)  # what cloud-init would do with user_data
+        if self.lose_launch_answers > 0:
+            self.lose_launch_answers -= 1
+            if self.lose_as == "drop":
+                raise DropConnection
+            return 502, _error("http/502", "Bad Gateway")
         return 200, {"data": {"instance_ids": [instance.id]}}
 
     def _terminate(self, ids: list[str]) -> tuple[int, dict]:
