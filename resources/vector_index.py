@@ -45,6 +45,7 @@ class PineconeResource(VectorIndexResource):
     batch_records: int = Field(default=1000, le=1000)
     max_request_bytes: int = Field(default=2 * 1024 * 1024)
     retries: int = 6
+    timeout_s: float = Field(default=20.0, description="Seconds one request may take.")
 
     def open(self, index_name: str | None = None) -> VectorIndex:
         from sophia_assets.vectors.pinecone import PineconeIndex
@@ -64,6 +65,7 @@ class PineconeResource(VectorIndexResource):
             batch_records=self.batch_records,
             max_request_bytes=self.max_request_bytes,
             retries=self.retries,
+            timeout_s=self.timeout_s,
         )
 
 

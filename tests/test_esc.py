@@ -128,3 +128,78 @@ def test_rotation_publishes_current_and_previous_to_esc(esc, source: str, tmp_pa
     import psycopg2
 
     psycopg2.connect(RotatedLogin(store, source).url()).close()  # the published login works
+
+
+def test_an_esc_outage_while_serving_keeps_the_login_and_the_capture(
+    esc, source: str, tmp_path, monkeypatch
+) -> None:
+    import itertools
+    import threading
+    import time
+    import uuid
+
+    from sophia_assets.flow.capture import CaptureRunner
+    from sophia_assets.secrets.capture_login import RotatedLogin, set_up
+    from sophia_assets.secrets.postgres_roles import rotate
+    from sophia_assets.secrets.store import EscSecretStore
+    from tests.support.cdc import CAPTURE, catalog_copy, load, sql
+
+    monkeypatch.setenv("SOPHIA_ESC_TIMEOUT_S", "0.5")
+    store = EscSecretStore("acme/sophia/production", TOKEN, esc.url)
+    catalog = load(catalog_copy(tmp_path, slot=f"slot_{uuid.uuid4().hex[:8]}"))
+    set_up(catalog, source, store)
+    said: list[str] = []
+    login = RotatedLogin(store, source, log=said.append)
+    serving = CaptureRunner(catalog.captures[CAPTURE], catalog, login, source)
+    stop = threading.Event()
+    server = threading.Thread(target=serving.serve, args=(stop,))
+    ids = itertools.count(900_001)
+    checkpointed = (
+        "SELECT coalesce(max(lsn), '0/0') >= %s::pg_lsn FROM flow.checkpoints WHERE task = %s"
+    )
+
+    def captured_now() -> None:
+        """Writes a row and waits until the capture has checkpointed past it."""
+        insert = f"INSERT INTO documents (id, title, body) VALUES ({next(ids)}, 't', 'b')"
+        # inside the transaction: at or before its commit, whatever else writes WAL
+        marker = sql(source, insert, "SELECT pg_current_wal_insert_lsn()::text")[0][0]
+        deadline = time.monotonic() + 30
+        while not _checkpointed(source, checkpointed, (marker, CAPTURE)):
+            assert server.is_alive(), "the capture stopped"
+            assert time.monotonic() < deadline, f"the capture stalled ({esc.outage}, {said})"
+            time.sleep(0.05)  # polling the checkpoint table
+
+    server.start()
+    try:
+        captured_now()
+        for n, kind in enumerate(("stall", "fail")):
+            esc.start_outage(kind)
+            opens, started = esc.opens, time.monotonic()
+            while login.failures < 2 * (n + 1):  # two failed reads in this outage
+                assert time.monotonic() - started < 30, said
+                captured_now()
+            # backed off: fewer reads than one a second (the refresh interval) of outage
+            assert esc.opens - opens <= 1 + (time.monotonic() - started) / 1.5
+            esc.end_outage()
+        assert any("keeping sophia_capture_a" in message for message in said), said
+        assert not any(TOKEN in message for message in said)
+        rotation = rotate(source, store)  # ESC is back: the capture follows the rotation
+        deadline = time.monotonic() + 60
+        while login.user() != rotation.current:
+            assert time.monotonic() < deadline, said
+            captured_now()
+    finally:
+        stop.set()
+        server.join(timeout=60)
+    assert not server.is_alive()
+
+
+def _checkpointed(source: str, query: str, params: tuple) -> bool:
+    import psycopg2.errors
+
+    from tests.support.cdc import sql
+
+    try:
+        return sql(source, query, params=params)[0][0]
+    except psycopg2.errors.UndefinedTable:  # the capture has not created its tables yet
+        return False

@@ -5,8 +5,13 @@ every connection, so a serving capture follows a rotation."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from sophia_assets.backoff import Backoff
 from sophia_assets.catalog.model import Capture, Catalog
 from sophia_assets.flow.bindings import capture_bindings, capture_settings
 from sophia_assets.flow.credentials import FixedLogin, SourceLogin
@@ -20,30 +25,76 @@ from sophia_assets.secrets.postgres_roles import (
 )
 from sophia_assets.secrets.store import SecretStore, configured_store
 
+_LOG = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
+
 class RotatedLogin:
-    """The current login of SECRET in the store, on the host and database of `base_url`."""
+    """The current login of SECRET in the store, on the host and database of `base_url`.
 
-    store: SecretStore
-    base_url: str
+    A serving capture asks for `version()` every second; the store is read in a background
+    thread (at most every `refresh_s`) so the capture never waits on it. When the store cannot
+    be read (an ESC outage, a stall), the login in hand is kept and the read retried with
+    backoff: an outage never stops or hangs the capture. Only the very first read, with no
+    login in hand yet, fails the caller."""
 
-    def _current(self) -> dict:
-        state = self.store.read(SECRET) or {}
-        if not state.get("current"):
-            raise RuntimeError(f"no {SECRET} login in the secret store; run `sophia db roles`")
-        return state["current"]
+    def __init__(
+        self,
+        store: SecretStore,
+        base_url: str,
+        refresh_s: float = 1.0,
+        log: Callable[[str], None] = _LOG.warning,
+    ):
+        self.store, self.base_url, self.refresh_s, self.log = store, base_url, refresh_s, log
+        self.failures = 0
+        self._login: dict | None = None
+        self._due = 0.0
+        self._reading = False
+        self._backoff = Backoff(1.0, 60.0)
+        self._lock = threading.Lock()
 
     def url(self) -> str:
-        current = self._current()
+        current = self._current(wait=True)  # connecting: worth waiting for the newest
         return with_login(self.base_url, current["user"], current["password"])
 
     def version(self) -> str:
-        current = self._current()
+        current = self._current(wait=False)
         return f"{current['user']}@{current['rotated_at']}"
 
     def user(self) -> str:
-        return self._current()["user"]
+        return self._current(wait=False)["user"]
+
+    def _current(self, wait: bool) -> dict:
+        with self._lock:
+            due = not self._reading and time.monotonic() >= self._due
+            self._reading = self._reading or due
+            login = self._login
+        if login is None or (due and wait):
+            return self._read()
+        if due:
+            threading.Thread(target=self._read, name="capture-login", daemon=True).start()
+        return login
+
+    def _read(self) -> dict:
+        try:
+            state = self.store.read(SECRET) or {}
+            if not state.get("current"):
+                raise RuntimeError(f"no {SECRET} login in the secret store; run `sophia db roles`")
+        except Exception as err:
+            with self._lock:
+                self._reading = False
+                if self._login is None:
+                    raise
+                self.failures += 1
+                delay = self._backoff.next_delay()
+                self._due = time.monotonic() + delay
+                kept = self._login["user"]
+            self.log(f"secret store unreadable ({err}); keeping {kept}, next read in {delay:.0f} s")
+            return self._login
+        with self._lock:
+            self._login, self._reading = state["current"], False
+            self._due = time.monotonic() + self.refresh_s
+            self._backoff.reset()
+            return self._login
 
 
 def source_login(url: str, store: SecretStore | None = None) -> SourceLogin:

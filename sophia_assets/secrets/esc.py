@@ -17,9 +17,30 @@ class EscError(RuntimeError):
     pass
 
 
+TIMEOUT_ENV = "SOPHIA_ESC_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def request_timeout() -> tuple[float, float]:
+    """(connect, read) seconds for every ESC call: a stalled ESC must never hang a caller."""
+    total = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+    return (min(total, 5.0), total)
+
+
+def esc_client(token: str, api_url: str | None):
+    """The SDK's client, with no retries of its own (callers back off themselves)."""
+    import pulumi_esc_sdk as esc
+
+    configuration = esc.Configuration(host=api_url, access_token=token)
+    configuration.retries = 0
+    return esc.EscClient(configuration)
+
+
 def open_environment(reference: str, token: str | None, api_url: str | None = None) -> dict:
     """The resolved values of `org/project/env` (one open session)."""
     import pulumi_esc_sdk as esc
+    import urllib3
+    from pulumi_esc_sdk.esc_client import convertEnvPropertiesToValues
 
     parts = reference.split("/")
     if len(parts) != 3 or not all(parts):
@@ -29,12 +50,18 @@ def open_environment(reference: str, token: str | None, api_url: str | None = No
             f"ESC environment {reference}: no access token; set PULUMI_ACCESS_TOKEN "
             "(a Pulumi Cloud token with access to the environment)"
         )
-    client = esc.EscClient(esc.Configuration(host=api_url, access_token=token))
+    api = esc_client(token, api_url).esc_api
+    timeout = request_timeout()
     try:
-        _, values, _ = client.open_and_read_environment(*parts)
+        session = api.open_environment(*parts, _request_timeout=timeout)
+        read = api.read_open_environment_with_http_info(
+            *parts, session.id, _request_timeout=timeout
+        )
     except esc.ApiException as err:  # its text holds the response, never the token
         raise EscError(f"ESC environment {reference}: {err.status} {err.reason}") from None
-    return values or {}
+    except (OSError, urllib3.exceptions.HTTPError) as err:  # timeouts, dropped connections
+        raise EscError(f"ESC environment {reference}: unreachable ({type(err).__name__})") from None
+    return convertEnvPropertiesToValues(read.data.properties) or {}
 
 
 def exported_variables(values: dict[str, Any]) -> dict[str, str]:

@@ -93,19 +93,24 @@ class EscSecretStore(SecretStore):
         return sorted(self._secrets())
 
     def write(self, name: str, value: dict[str, Any]) -> None:
-        import pulumi_esc_sdk as esc
+        from sophia_assets.secrets.esc import esc_client, request_timeout
 
-        client = esc.EscClient(esc.Configuration(host=self.api_url, access_token=self.token))
+        api = esc_client(self.token or "", self.api_url).esc_api
         org, project, env = self.reference.split("/")
+        timeout = request_timeout()
         # The raw YAML: the SDK's model of a definition rejects `fn::secret` under
         # environmentVariables, which real environments use.
-        response = client.esc_api.get_environment_without_preload_content(org, project, env)
+        response = api.get_environment_without_preload_content(
+            org, project, env, _request_timeout=timeout
+        )
         if response.status != 200:
             raise RuntimeError(f"ESC environment {self.reference}: {response.status} on read")
         definition = yaml.safe_load(response.data) or {}
         secrets = definition.setdefault("values", {}).setdefault("sophia", {})
         secrets.setdefault("secrets", {})[name] = _marked(value)
-        client.update_environment_yaml(org, project, env, yaml.safe_dump(definition))
+        api.update_environment_yaml(
+            org, project, env, yaml.safe_dump(definition), _request_timeout=timeout
+        )
 
 
 def _marked(value: Any) -> Any:

@@ -32,11 +32,12 @@ class PineconeIndex(VectorIndex):
         batch_records: int = MAX_RECORDS,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         retries: int = 6,
+        timeout_s: float = 20.0,
     ):
         super().__init__(connect, name)
         from pinecone import Pinecone
 
-        self._index = Pinecone(api_key=api_key).Index(host=host)
+        self._index = Pinecone(api_key=api_key, timeout=timeout_s).Index(host=host)
         self.namespace = namespace
         self.batch_records = min(batch_records, MAX_RECORDS)
         self.max_request_bytes = max_request_bytes

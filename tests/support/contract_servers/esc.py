@@ -3,7 +3,8 @@ environment: `POST /api/esc/environments/{org}/{project}/{env}/open` (a session 
 `GET .../open/{session}` (the resolved values as ESC `Value`s, secrets marked), and
 `GET`/`PATCH .../{env}` (the definition as YAML). Values are plain data; `{"fn::secret": x}`
 marks a secret. The token is checked as the SDK sends it (`Authorization: token <PAT>`);
-every call is recorded."""
+every call is recorded. `outage` makes every call fail ("fail": 503) or hang ("stall": no
+answer until the outage ends) the way a real outage does."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class EscLoopback:
         self.environments = environments  # "org/project/env" -> values
         self.sessions: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        self.outage: str | None = None  # None, "fail" or "stall": see start_outage
+        self.ended = threading.Event()  # set when an outage ends: stalled calls then fail
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -42,8 +45,20 @@ class EscLoopback:
     def opens(self) -> int:
         return sum(1 for method, _ in self.calls if method == "POST")
 
+    def start_outage(self, kind: str) -> None:
+        self.ended.clear()
+        self.outage = kind
+
+    def end_outage(self) -> None:
+        self.outage = None
+        self.ended.set()
+
     def _answer(self, method: str, path: str, auth: str, body: bytes) -> tuple[int, Any]:
         self.calls.append((method, path.split("?")[0]))
+        if self.outage == "stall":
+            self.ended.wait(timeout=60)
+        if self.outage is not None:
+            return 503, {"code": 503, "message": "Service Unavailable"}
         if auth != f"token {TOKEN}":
             return 401, {"code": 401, "message": "Unauthorized: No credentials provided"}
         definition = _DEFINITION.match(path.split("?")[0])
