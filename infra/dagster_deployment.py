@@ -3,7 +3,9 @@
 The chart's values are deploy/helm/values.yaml with the image the stack is given (the one
 images/code-location built, pinned by digest); the platform's secrets (Postgres URL, Pinecone
 and Lambda keys) go into the Secret `sophia-platform` from the stack's secret config (ESC),
-and Dagster's own Postgres password into `dagster-postgresql-secret`."""
+and Dagster's own Postgres password into `dagster-postgresql-secret`. A network policy lets
+only the chart's webserver and daemon pods reach the code server's gRPC port: the code server
+runs any op it is asked to, so nothing else in the cluster may ask."""
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -33,14 +35,39 @@ def program() -> None:
         metadata={"name": "dagster-postgresql-secret", "namespace": namespace.metadata["name"]},
         string_data={"postgresql-password": config.require_secret("dagsterPostgresPassword")},
     )
+    values = chart_values(image)
+    _code_server_policy(namespace.metadata["name"], values)
     release = k8s.helm.v3.Release(
         "dagster",
         chart="dagster",
         version=config.get("chartVersion") or "1.13.27",
         repository_opts={"repo": config.require("chartRepository")},
         namespace=namespace.metadata["name"],
-        values=chart_values(image),
+        values=values,
     )
     pulumi.export("namespace", namespace.metadata["name"])
     pulumi.export("image", image)
     pulumi.export("release", release.name)
+
+
+# the component labels the official chart puts on its pods
+CODE_SERVER = {"component": "user-deployments"}
+CALLERS = ({"component": "dagster-webserver"}, {"component": "dagster-daemon"})
+
+
+def _code_server_policy(namespace, values: dict) -> None:
+    ports = sorted({d["port"] for d in values["dagster-user-deployments"]["deployments"]})
+    k8s.networking.v1.NetworkPolicy(
+        "code-server-ingress",
+        metadata={"name": "code-server-ingress", "namespace": namespace},
+        spec={
+            "podSelector": {"matchLabels": CODE_SERVER},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": labels}} for labels in CALLERS],
+                    "ports": [{"port": port, "protocol": "TCP"} for port in ports],
+                }
+            ],
+        },
+    )

@@ -176,6 +176,16 @@ def test_dagster_stack_deploys_the_built_image_with_the_chart() -> None:
     assert set(secrets) == {"sophia-platform", "dagster-postgresql-secret"}
     _assert_no_plain_secret(recorder, DAGSTER_SECRETS)
     assert exports["image"] == image
+    # only the webserver and the daemon reach the code server's gRPC port
+    [policy] = recorder.of("kubernetes:networking.k8s.io/v1:NetworkPolicy").values()
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"component": "user-deployments"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    [rule] = spec["ingress"]
+    assert rule["ports"] == [{"port": deployment["port"], "protocol": "TCP"}]
+    callers = [peer["podSelector"]["matchLabels"]["component"] for peer in rule["from"]]
+    assert callers == ["dagster-webserver", "dagster-daemon"]
+    assert all(set(peer) == {"podSelector"} for peer in rule["from"])  # no namespace-wide peer
 
 
 def test_gpu_embedding_stack_registers_the_ssh_key_and_exports_the_runner_settings() -> None:

@@ -113,6 +113,25 @@ def test_rebuild_image_requests_the_mapped_image_only(server) -> None:
     assert request.run_key.startswith("n8n:1002:")
 
 
+def test_privileged_actions_run_only_for_the_workflows_allowed_them(server) -> None:
+    server.add("1001", 2)  # content-published: allowed re-embed only
+    server.add("1002", 1)  # stack-requested: allowed deploy-stack of infra/dagster
+    jobs = (EMBED, STACKS_JOB, IMAGES_JOB)
+    result, _ = _tick(server, [PUBLISHED, STACK], jobs=jobs)
+    by_workflow: dict[str, list] = {}
+    for request in result.run_requests:
+        by_workflow.setdefault(request.tags["sophia/n8n_workflow"], []).append(request)
+    assert {r.job_name for r in by_workflow["content-published"]} == {"embed"}
+    [deploy] = by_workflow["stack-requested"]
+    assert deploy.job_name == "stacks"
+    # each run names the execution that caused it
+    execution_ids = {r.tags["sophia/n8n_execution"] for r in result.run_requests}
+    assert len(execution_ids) == 3
+    for request in result.run_requests:
+        workflow = "1001" if request.tags["sophia/n8n_workflow"] == "content-published" else "1002"
+        assert request.run_key == f"n8n:{workflow}:{request.tags['sophia/n8n_execution']}"
+
+
 def test_rebuild_image_must_name_a_configured_image(tmp_path: Path) -> None:
     config = tmp_path / "workflows.yaml"
     config.write_text("workflows:\n  - {id: '5', name: x, action: rebuild-image, image: nope}\n")
