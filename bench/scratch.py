@@ -11,6 +11,7 @@ import psycopg2
 
 from sophia_assets.catalog import Catalog
 from sophia_assets.catalog.model import Capture
+from sophia_assets.postgres.urls import with_database
 
 
 @contextmanager
@@ -18,7 +19,7 @@ def scratch_database(platform_url: str, prefix: str) -> Iterator[str]:
     name = f"sophia_bench_{prefix}_{uuid.uuid4().hex[:8]}"
     _admin(platform_url, f'CREATE DATABASE "{name}"')
     try:
-        yield platform_url.rsplit("/", 1)[0] + f"/{name}"
+        yield with_database(platform_url, name)
     finally:
         _admin(
             platform_url,

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from sophia_assets.postgres.urls import with_database
 from tests.support.processes import run_bench
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ def test_benchmark_prints_its_figures_as_json(name: str, postgres_url: str) -> N
         name,
         *args,
         "--json",
-        env={"SOPHIA_POSTGRES_URL": postgres_url.rsplit("/", 1)[0] + "/postgres"},
+        env={"SOPHIA_POSTGRES_URL": with_database(postgres_url, "postgres")},
     )
     figures = json.loads(result.stdout.splitlines()[-1])
     assert keys <= set(figures), result.stderr[-2000:]

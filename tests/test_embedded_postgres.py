@@ -148,3 +148,37 @@ def test_cli_masks_an_external_password() -> None:
     assert "hunter2" not in out
     assert "app:***@db.internal:5432/app" in out
     assert os.environ.get(POSTGRES_URL_ENV) is None
+
+
+def test_the_superuser_needs_its_generated_password(tmp_path: Path) -> None:
+    server = embedded(tmp_path)
+    url = server.ensure_running()
+    assert "passfile=" in url and _query(url, "SELECT current_user") == "postgres"
+    assert oct(server.passfile.stat().st_mode & 0o777) == "0o600"
+    port = server.status().port
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(f"postgresql://postgres@127.0.0.1:{port}/sophia", passfile="/dev/null")
+    assert _query(
+        url, "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'postgres'"
+    )
+
+
+def test_a_server_made_before_passwords_gets_one_on_its_next_start(tmp_path: Path) -> None:
+    server = embedded(tmp_path)
+    server.ensure_running()
+    # as an older version left it: no password file, every local login trusted
+    server.passfile.unlink()
+    hba = server.data / "pg_hba.conf"
+    hba.write_text("host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n")
+    server.stop()
+    server._pg_ctl(["-l", str(server.log), "-w", "-o", f"-p {_free(server)}", "start"])
+    url = server.ensure_running()
+    assert server.passfile.exists() and "trust" not in hba.read_text()
+    assert _query(url, "SELECT 1") == 1
+    port = server.status().port
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(f"postgresql://postgres@127.0.0.1:{port}/sophia", passfile="/dev/null")
+
+
+def _free(server) -> int:
+    return int((server.root / "port").read_text())

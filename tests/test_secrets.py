@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 import time
 import uuid
@@ -93,7 +94,7 @@ def test_capture_login_reads_published_tables_only_and_writes_nothing(
     watermark = "INSERT INTO public.flow_watermarks VALUES ('s', 'w')"
     assert _as_capture(source, store, watermark) is None
 
-    # ...and a real capture runs as that login
+    # ...and a real capture runs as that login (logical decoding over replication)
     report = CaptureRunner(
         catalog.captures[CAPTURE], catalog, RotatedLogin(store, source), source
     ).drain()
@@ -226,6 +227,30 @@ def test_db_roles_command_sets_up_once(source: str, tmp_path: Path) -> None:
     assert "current login: sophia_capture_b (previous: sophia_capture_a)" in rotated.stdout
     stored = FileSecretStore(tmp_path / "home" / "secrets.json").read(SECRET)
     assert stored["current"]["password"] not in first.stdout + again.stdout + rotated.stdout
+    # REPLICATION lets the login decode its publication, never copy the whole cluster
+    refusal = _base_backup(source, stored["current"], tmp_path / "copy")
+    assert "pg_hba.conf rejects replication connection" in refusal
+    assert "sophia_capture_b" in refusal and stored["current"]["password"] not in refusal
+
+
+def _base_backup(source: str, login: dict, target: Path) -> str:
+    """pg_basebackup as `login` (the password in its environment, never its arguments);
+    returns what it said on failing."""
+    from urllib.parse import urlsplit
+
+    from sophia_assets.postgres.embedded_server import _binary
+
+    port = str(urlsplit(source).port)
+    command = [str(_binary("pg_basebackup")), "-h", "127.0.0.1", "-p", port, "-U", login["user"]]
+    result = subprocess.run(
+        [*command, "-D", str(target), "-X", "none", "--no-password"],
+        env={**os.environ, "PGPASSWORD": login["password"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0, "the capture login copied the cluster"
+    return result.stderr
 
 
 def test_rotation_never_sends_the_password_to_the_server(

@@ -14,15 +14,19 @@ import importlib.util
 import os
 import pwd
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
+
+from sophia_assets.postgres.scram import scram_verifier
 
 POSTGRES_URL_ENV = "SOPHIA_POSTGRES_URL"
 DATABASE = "sophia"
@@ -42,18 +46,28 @@ track_commit_timestamp = on
 """
 
 
-# Loopback only. Members of sophia_password_login (the rotated capture logins that
-# `sophia db roles` creates) must give their password; everyone else is trusted, as a laptop
-# default. Rewritten at every start, and by `sophia db roles` on a running server.
+# Loopback only, and every login gives its password: the superuser's is generated and kept
+# in SOPHIA_HOME (a 0600 pgpass file the URL names), the rotated capture logins (members of
+# sophia_password_login) have theirs in the secret store. The capture logins need REPLICATION
+# for logical decoding; the `replication` lines refuse them a physical replication
+# connection (pg_basebackup would copy every table). A logical walsender matches the
+# database lines instead. Rewritten at every start, and by `sophia db roles`.
 HBA_RULES = """
 # sophia-assets: written by the embedded server at every start
-host all +sophia_password_login 127.0.0.1/32 scram-sha-256
-host all +sophia_password_login ::1/128 scram-sha-256
-host all all 127.0.0.1/32 trust
-host all all ::1/128 trust
-host replication all 127.0.0.1/32 trust
-host replication all ::1/128 trust
+host replication +sophia_password_login 127.0.0.1/32 reject
+host replication +sophia_password_login ::1/128 reject
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+host replication all ::1/128 scram-sha-256
 """
+# Only while a server made before the superuser had a password is given one.
+HBA_UPGRADE = """
+# sophia-assets: giving the superuser its password
+host all postgres 127.0.0.1/32 trust
+host all postgres ::1/128 trust
+"""
+PASSFILE = "superuser.pgpass"
 
 
 class PostgresStartError(RuntimeError):
@@ -65,12 +79,18 @@ class ServerStatus:
     running: bool
     pid: int | None = None
     port: int | None = None
+    passfile: Path | None = None
 
     @property
     def url(self) -> str | None:
+        return self.url_for(DATABASE)
+
+    def url_for(self, database: str) -> str | None:
+        """The superuser's URL; libpq reads the password from the passfile it names."""
         if not self.running:
             return None
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+        url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        return url + (f"?passfile={quote(str(self.passfile), safe='')}" if self.passfile else "")
 
 
 def postgres_url(home: Path | None = None) -> str:
@@ -93,6 +113,7 @@ class EmbeddedPostgres:
         self.root = Path(home).resolve() / "postgres"
         self.data = self.root / "data"
         self.log = self.root / "server.log"
+        self.passfile = self.root / PASSFILE
         self._initialized_marker = self.root / "initialized"
 
     # -- public -----------------------------------------------------------------------------
@@ -107,12 +128,13 @@ class EmbeddedPostgres:
         # A negative pid marks a standalone backend (initdb at work), not a server.
         if pid <= 0 or not _is_postgres_process(pid):
             return ServerStatus(running=False)
-        return ServerStatus(running=True, pid=pid, port=port)
+        passfile = self.passfile if self.passfile.exists() else None
+        return ServerStatus(running=True, pid=pid, port=port, passfile=passfile)
 
     def ensure_running(self) -> str:
         """Initialises and starts the server if needed; returns its URL."""
         current = self.status()
-        if current.running and self._initialized_marker.exists():
+        if current.running and self._initialized_marker.exists() and current.passfile:
             return current.url  # type: ignore[return-value]
         with self._locked():
             if not self._initialized_marker.exists():
@@ -120,6 +142,8 @@ class EmbeddedPostgres:
             current = self.status()
             if not current.running:
                 current = self._start()
+            if current.passfile is None:
+                current = self._give_superuser_a_password(current)
             return current.url  # type: ignore[return-value]
 
     def stop(self) -> bool:
@@ -162,7 +186,7 @@ class EmbeddedPostgres:
             ],
             what="initdb",
         )
-        status = self._start()
+        status = self._give_superuser_a_password(self._start())
         self._create_database(status)
         self._initialized_marker.write_text("PostgreSQL data directory initialised\n")
 
@@ -189,6 +213,26 @@ class EmbeddedPostgres:
                 return status
         raise PostgresStartError(f"embedded PostgreSQL in {self.data} did not report ready")
 
+    def _give_superuser_a_password(self, status: ServerStatus) -> ServerStatus:
+        """A generated password for the superuser, in a 0600 pgpass file only this OS user
+        reads: the server stops trusting every local user. Also upgrades a server made
+        before this existed (its rules still trusted the superuser for this one step)."""
+        import psycopg2
+
+        password = secrets.token_urlsafe(32)
+        conn = psycopg2.connect(status.url_for("postgres"))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER ROLE {SUPERUSER} PASSWORD %s", (scram_verifier(password),))
+        finally:
+            conn.close()
+        handle = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(handle, "w") as out:
+            out.write(f"*:*:*:{SUPERUSER}:{password}\n")
+        self.apply_auth_rules(locked=False)
+        return self.status()
+
     def _write_settings(self) -> None:
         """Our settings live in sophia.conf, rewritten at every start, so a server made by an
         older version of the project gets new ones on its next start. `ALTER SYSTEM` still
@@ -201,14 +245,15 @@ class EmbeddedPostgres:
         settings = self.data / "sophia.conf"
         settings.write_text(SERVER_SETTINGS.lstrip())
         hba = self.data / "pg_hba.conf"
-        hba.write_text(HBA_RULES.lstrip())
+        upgrade = "" if self.passfile.exists() else HBA_UPGRADE
+        hba.write_text(upgrade.lstrip() + HBA_RULES.lstrip())
         if user := _system_user():
             for path in (settings, hba):
                 os.chown(path, user.pw_uid, user.pw_gid)
 
-    def apply_auth_rules(self) -> None:
+    def apply_auth_rules(self, locked: bool = True) -> None:
         """Rewrites pg_hba.conf and has the running server reload it."""
-        with self._locked():
+        with self._locked() if locked else nullcontext():
             self._write_settings()
             if self.status().running:
                 self._pg_ctl(["reload"])
@@ -226,7 +271,7 @@ class EmbeddedPostgres:
     def _create_database(self, status: ServerStatus) -> None:
         import psycopg2
 
-        admin = f"postgresql://{SUPERUSER}@127.0.0.1:{status.port}/postgres"
+        admin = status.url_for("postgres")
         for url, statement in (
             (admin, f'CREATE DATABASE "{DATABASE}"'),
             (status.url, "CREATE EXTENSION IF NOT EXISTS vector"),

@@ -43,13 +43,14 @@ class RotatedLogin:
         base_url: str,
         refresh_s: float = 1.0,
         log: Callable[[str], None] = _LOG.warning,
+        max_backoff_s: float = 60.0,
     ):
         self.store, self.base_url, self.refresh_s, self.log = store, base_url, refresh_s, log
         self.failures = 0
         self._login: dict | None = None
         self._due = 0.0
         self._reading = False
-        self._backoff = Backoff(1.0, 60.0)
+        self._backoff = Backoff(min(1.0, max_backoff_s), max_backoff_s)
         self._lock = threading.Lock()
 
     def url(self) -> str:

@@ -9,10 +9,6 @@ keeps working until the next rotation changes that role's password.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +18,7 @@ import psycopg2
 from psycopg2 import sql
 
 from sophia_assets.flow.source import ensure_publication, relation
+from sophia_assets.postgres.scram import scram_verifier
 from sophia_assets.secrets.store import SecretStore
 
 SECRET = "postgres/capture"
@@ -119,17 +116,6 @@ def rotate(admin_url: str, store: SecretStore, now: float | None = None) -> Rota
         },
     )
     return Rotation(target, current, rotated_at)
-
-
-def scram_verifier(password: str, iterations: int = 4096) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677)."""
-    salt = os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def _verify_login(admin_url: str, user: str, password: str) -> None:

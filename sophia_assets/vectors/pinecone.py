@@ -35,9 +35,11 @@ class PineconeIndex(VectorIndex):
         timeout_s: float = 20.0,
     ):
         super().__init__(connect, name)
-        from pinecone import Pinecone
+        from pinecone import Pinecone, RetryConfig
 
-        self._index = Pinecone(api_key=api_key, timeout=timeout_s).Index(host=host)
+        # One retry policy, ours (`_retry`): the SDK's own retries would multiply it.
+        client = Pinecone(api_key=api_key, timeout=timeout_s, retry_config=RetryConfig(0))
+        self._index = client.Index(host=host)
         self.namespace = namespace
         self.batch_records = min(batch_records, MAX_RECORDS)
         self.max_request_bytes = max_request_bytes

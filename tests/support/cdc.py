@@ -15,6 +15,7 @@ import yaml
 from sophia_assets.catalog import Catalog, load_catalog
 from sophia_assets.flow.capture import CaptureRunner
 from sophia_assets.home import FLOW_SPECS_DIR
+from sophia_assets.postgres.urls import database_of, with_database
 
 CAPTURE = "sophia/source-postgres"
 COLLECTION = "sophia/postgresql_cdc"
@@ -55,12 +56,12 @@ def new_database(admin_url: str) -> str:
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+    return with_database(admin_url, name)
 
 
 def drop_database(url: str) -> None:
-    admin, name = url.rsplit("/", 1)
-    conn = psycopg2.connect(f"{admin}/postgres")
+    name = database_of(url)
+    conn = psycopg2.connect(with_database(url, "postgres"))
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(
