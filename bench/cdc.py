@@ -28,6 +28,7 @@ from bench.scratch import scratch_capture, scratch_database
 from sophia_assets.catalog import Catalog
 from sophia_assets.flow.capture import CaptureRunner
 from sophia_assets.flow.latency import latency_figures
+from sophia_assets.postgres.urls import without_password
 
 BENCH_TABLE_DDL = """
 CREATE TABLE public.documents (
@@ -35,8 +36,9 @@ CREATE TABLE public.documents (
     updated_at timestamptz NOT NULL DEFAULT now())
 """
 RATE_WRITER = """
-import sys, time, psycopg2
-url, rate, seconds, first = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+import os, sys, time, psycopg2
+url = os.environ["SOPHIA_BENCH_URL"]  # not an argument: every user sees those through ps
+rate, seconds, first = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 conn = psycopg2.connect(url); conn.autocommit = True; cur = conn.cursor()
 start = time.monotonic()
 for i in range(int(rate * seconds)):
@@ -139,7 +141,8 @@ def _steady_latency(new_runner, url: str, rate: float, seconds: float, first_id:
     offsets_before = _sql(url, 'SELECT coalesce(max("offset"), -1) FROM flow.journal')[0][0]
     say(f"latency: {rate:.0f} single-row transactions/s for {seconds:.0f} s with serve running")
     subprocess.run(
-        [sys.executable, "-c", RATE_WRITER, url, str(rate), str(seconds), str(first_id)],
+        [sys.executable, "-c", RATE_WRITER, str(rate), str(seconds), str(first_id)],
+        env={**os.environ, "SOPHIA_BENCH_URL": url},
         check=True,
         capture_output=True,
     )
@@ -169,11 +172,12 @@ def _settle(url: str) -> None:
 def _recvlogical(url: str, slot: str, publication: str, end_lsn: str) -> None:
     from sophia_assets.postgres.embedded_server import _binary
 
+    address, password_env = without_password(url)
     subprocess.run(
         [
             str(_binary("pg_recvlogical")),
             "-d",
-            url,
+            address,
             "--slot",
             slot,
             "--start",
@@ -187,6 +191,7 @@ def _recvlogical(url: str, slot: str, publication: str, end_lsn: str) -> None:
             "-f",
             os.devnull,
         ],
+        env={**os.environ, **password_env},
         check=True,
         capture_output=True,
     )

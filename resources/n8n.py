@@ -1,5 +1,6 @@
-"""The n8n public REST API (`/api/v1`), as the n8n sensor needs it: workflows by id, and a
-workflow's executions newer than a given one, walked newest-first with `nextCursor`.
+"""The n8n public REST API (`/api/v1`), as the n8n sensor needs it: workflows by id, a
+workflow's executions newer than a given one (walked newest-first with `nextCursor`), its
+newest execution, and one execution by id.
 
 The API key is read from the environment variable named by `api_key_env` at call time, so it
 never reaches Dagster's config, logs or errors."""
@@ -31,6 +32,12 @@ class Execution:
     @property
     def settled(self) -> bool:
         return self.status not in ("new", "running", "waiting")
+
+    @property
+    def holds_cursor(self) -> bool:
+        """Running work settles soon; a `waiting` execution (a Wait node) may wait for days,
+        so the sensor parks it instead of holding every later execution back."""
+        return self.status in ("new", "running")
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,23 @@ class N8nResource(dg.ConfigurableResource):
             return False
         _raise_for(response, self.api_key_env)
         return True
+
+    def newest_execution_id(self, workflow_id: str) -> int:
+        """The workflow's newest execution id; 0 when it has none."""
+        with self._client() as client:
+            response = client.get("/executions", params={"workflowId": workflow_id, "limit": 1})
+        _raise_for(response, self.api_key_env)
+        data = response.json()["data"]
+        return int(data[0]["id"]) if data else 0
+
+    def execution(self, execution_id: int) -> Execution | None:
+        """One execution; None when n8n no longer has it (pruned, deleted)."""
+        with self._client() as client:
+            response = client.get(f"/executions/{execution_id}")
+        if response.status_code == 404:
+            return None
+        _raise_for(response, self.api_key_env)
+        return _execution(response.json())
 
     def executions_after(
         self, workflow_id: str, after_id: int, limit: int = PAGE_LIMIT

@@ -31,7 +31,7 @@ if [ ! -f owner-password ]; then
   chmod 600 owner-password
 fi
 PASSWORD="$(cat owner-password)"
-HASH="$(node -e "const b=require('$DIR/node_modules/bcryptjs');console.log(b.hashSync(process.argv[1],10))" "$PASSWORD")"
+HASH="$(OWNER_PASSWORD="$PASSWORD" node -e "const b=require('$DIR/node_modules/bcryptjs');console.log(b.hashSync(process.env.OWNER_PASSWORD,10))")"
 
 if ! curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
   N8N_USER_FOLDER="$DIR/home" N8N_PORT="$PORT" N8N_LISTEN_ADDRESS=127.0.0.1 \
@@ -50,9 +50,10 @@ curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { echo "n8n did not star
 COOKIES="$DIR/cookies.txt"
 # The env-managed owner appears a moment after /healthz answers: retry the login.
 for _ in $(seq 1 60); do
-  curl -fs -c "$COOKIES" -H 'Content-Type: application/json' \
-    -d "{\"emailOrLdapLoginId\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" \
-    "http://127.0.0.1:$PORT/rest/login" >/dev/null && break
+  # the body on stdin (printf is a builtin): curl's arguments are visible to every user
+  printf '{"emailOrLdapLoginId":"%s","password":"%s"}' "$EMAIL" "$PASSWORD" |
+    curl -fs -c "$COOKIES" -H 'Content-Type: application/json' --data-binary @- \
+      "http://127.0.0.1:$PORT/rest/login" >/dev/null && break
   sleep 1
 done
 LABEL="sophia-sensor-$(date +%s)"  # labels are unique per user

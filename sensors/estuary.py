@@ -7,7 +7,9 @@ for production), how far the collection has grown since the last tick, and
   the last tick, the embedding lag and capture latency (the freshness policy reads it);
 - requests an embedding run once the documents pending for the derivation reach a batch
   size, or the oldest of them has waited long enough; one run in flight at a time, the run
-  key naming the offset range, tagged for the GPU runner when the batch is large.
+  key naming the offset range, tagged for the GPU runner when the batch is large. After a
+  failed run it waits (30 s, doubling to 15 minutes) before it asks again, with a run key
+  naming the retry, instead of asking on every new offset.
 
 The cursor is the last offset reported, so a restarted daemon neither re-reports nor misses.
 Without a cursor (a new sensor), the last offset the collection's latest materialization
@@ -19,6 +21,8 @@ from the start.
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
@@ -26,6 +30,15 @@ import dagster as dg
 from resources.postgres import PostgresResource
 from sophia_assets.flow.tasks import derivation_task
 from sophia_assets.run_status import IN_FLIGHT
+
+DERIVATION_TAG = "sophia/derivation"
+RETRY_FIRST_S = 30.0
+RETRY_MAX_S = 900.0
+FINISHED = [
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+]
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,7 @@ def build_estuary_sensor(
     thresholds: Thresholds | None = None,
     minimum_interval_seconds: int = 5,
     name: str | None = None,
+    now: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """One sensor per embedding derivation: it watches the derivation's source collection and
     requests runs of that derivation only (the job may hold several)."""
@@ -150,6 +164,10 @@ def build_estuary_sensor(
         request, reason = _embedding_request(
             context, progress, thresholds, embed_job.name, derivation_key
         )
+        if request is not None:
+            request, reason = _after_failures(context, request, embed_job.name, cursor, now())
+        if reason and events:  # a tick with events has no skip message to carry it
+            context.log.info(reason)
         return dg.SensorResult(
             run_requests=[request] if request else [],
             skip_reason=None if request or events else reason,
@@ -211,8 +229,49 @@ def _embedding_request(
     if running:
         return None, f"an embedding run is in flight ({running[0].run_id}); one at a time"
     runner = "gpu" if pending >= thresholds.gpu_documents else "local"
+    derivation = "/".join(derivation_key.path)
     return dg.RunRequest(
         run_key=f"embed:{progress.journal}:{progress.derived_offset + 1}-{progress.last_offset}",
         asset_selection=[derivation_key],
-        tags={"sophia/runner": runner, "sophia/pending_documents": str(pending)},
+        tags={
+            "sophia/runner": runner,
+            "sophia/pending_documents": str(pending),
+            DERIVATION_TAG: derivation,
+        },
     ), None
+
+
+def _after_failures(
+    context: dg.SensorEvaluationContext, request: dg.RunRequest, job_name: str, cursor, now
+):
+    """The request as it may go now, or (None, why it waits): after a failed run of this
+    derivation, the next waits out a backoff, and its run key names the retry (the same
+    offsets would otherwise repeat a key Dagster already used, and never run again)."""
+    derivation = request.tags[DERIVATION_TAG]
+    [last] = context.instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=job_name, statuses=FINISHED, tags={DERIVATION_TAG: derivation}
+        ),
+        limit=1,
+    ) or [None]
+    if last is None or last.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+        cursor.pop("failures", None)
+        cursor.pop("failed_run", None)
+        return request, None
+    if cursor.get("failed_run") != last.dagster_run.run_id:
+        cursor["failures"] = cursor.get("failures", 0) + 1
+        cursor["failed_run"] = last.dagster_run.run_id
+    failures = cursor["failures"]
+    delay = min(RETRY_FIRST_S * 2 ** (failures - 1), RETRY_MAX_S)
+    ended = last.end_time or last.update_timestamp.timestamp()
+    if now - ended < delay:
+        return None, (
+            f"the last embedding run {last.dagster_run.run_id} failed ({failures} in a row); "
+            f"retrying in {delay - (now - ended):.0f} s"
+        )
+    retry = dg.RunRequest(
+        run_key=f"{request.run_key}:retry{failures}",
+        asset_selection=request.asset_selection,
+        tags={**request.tags, "sophia/retry_of": last.dagster_run.run_id},
+    )
+    return retry, None

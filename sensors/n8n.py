@@ -8,7 +8,10 @@ failed, crashed and canceled executions are reported and not acted on.
 
 The cursor keeps, per workflow, the highest execution id below which everything is handled,
 plus the handled ids above it (executions still running hold the cursor back until they
-settle), so none is missed or handled twice across pages, ticks and daemon restarts.
+settle), so none is missed or handled twice across pages, ticks and daemon restarts. An
+execution `waiting` (a Wait node, possibly for days) is parked instead: the cursor moves on,
+and the parked ids are looked up one by one each tick until they settle. A workflow the
+sensor has never seen starts at its newest execution: its history is not acted on.
 """
 
 import json
@@ -34,6 +37,7 @@ ACTIONS = {
 # Actions that name what they act on: the workflow field that names it, the asset prefix.
 TARGETS = {"rebuild-image": ("image", "images"), "deploy-stack": ("stack", "infra")}
 TIME_BUDGET_S = 45.0  # a sensor tick is cut off after 60 s
+MAX_PARKED = 500  # waiting executions looked up per workflow; beyond it the oldest drop
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ def build_n8n_sensor(
             if time.monotonic() - started > TIME_BUDGET_S:
                 notes.append("time budget reached; the rest waits for the next tick")
                 break
-            state = cursor.get(workflow.id, {"after": 0, "done": []})
+            state = cursor.get(workflow.id)
             try:
                 if not n8n.workflow_exists(workflow.id):
                     notes.append(
@@ -125,30 +129,38 @@ def build_n8n_sensor(
                         "fix its id in sensors/n8n_workflows.yaml"
                     )
                     continue
+                if state is None:  # first sight: what ran before is history
+                    newest = n8n.newest_execution_id(workflow.id)
+                    cursor[workflow.id] = {"after": newest, "done": [], "waiting": []}
+                    notes.append(
+                        f"first sight of {workflow.name}: executions up to {newest} are "
+                        "history, not acted on"
+                    )
+                    continue
                 page = n8n.executions_after(workflow.id, state["after"])
+                parked, gone = _settled_parked(n8n, state, page.executions)
             except (N8nError, httpx.HTTPError) as err:  # includes n8n being unreachable
                 return dg.SensorResult(skip_reason=f"n8n: {err}", cursor=context.cursor)
             done = set(state["done"])
-            for execution in page.executions:
-                if execution.id in done or not execution.settled:
+            waiting = set(state.get("waiting", [])) - {e.id for e in parked} - gone
+            for execution in [*parked, *page.executions]:
+                if execution.id in done or execution.holds_cursor:
                     continue
-                events.append(
-                    dg.AssetMaterialization(
-                        asset_key=workflow.asset_key,
-                        metadata={
-                            "execution_id": execution.id,
-                            "status": execution.status,
-                            "mode": execution.mode,
-                            "started_at": execution.started_at or "",
-                            "stopped_at": execution.stopped_at or "",
-                        },
-                    )
-                )
+                if not execution.settled:
+                    waiting.add(execution.id)
+                    continue
+                waiting.discard(execution.id)
+                events.append(_materialization(workflow, execution))
                 done.add(execution.id)
                 request = _request(workflow, execution, available, notes)
                 if request:
                     requests.append(request)
-            cursor[workflow.id] = _advance(state["after"], done, page.executions)
+            advanced = _advance(state["after"], done | waiting, page.executions)
+            cursor[workflow.id] = {
+                "after": advanced["after"],
+                "done": [i for i in advanced["done"] if i not in waiting],
+                "waiting": sorted(waiting)[-MAX_PARKED:],
+            }
         for note in notes:
             context.log.warning(note)
         return dg.SensorResult(
@@ -159,6 +171,36 @@ def build_n8n_sensor(
         )
 
     return _sensor
+
+
+def _settled_parked(n8n: N8nResource, state: dict, page: list) -> tuple[list, set[int]]:
+    """The parked (waiting) executions that have settled since, looked up by id, and the
+    ids n8n no longer has (pruned: nothing left to act on). One on the page is not looked
+    up twice."""
+    on_page = {e.id for e in page}
+    settled, gone = [], set()
+    for execution_id in state.get("waiting", []):
+        if execution_id in on_page:
+            continue
+        execution = n8n.execution(execution_id)
+        if execution is None:
+            gone.add(execution_id)
+        elif execution.settled:
+            settled.append(execution)
+    return settled, gone
+
+
+def _materialization(workflow: WorkflowAction, execution) -> dg.AssetMaterialization:
+    return dg.AssetMaterialization(
+        asset_key=workflow.asset_key,
+        metadata={
+            "execution_id": execution.id,
+            "status": execution.status,
+            "mode": execution.mode,
+            "started_at": execution.started_at or "",
+            "stopped_at": execution.stopped_at or "",
+        },
+    )
 
 
 def _request(workflow: WorkflowAction, execution, available: set[str], notes: list[str]):
@@ -182,8 +224,9 @@ def _request(workflow: WorkflowAction, execution, available: set[str], notes: li
 
 
 def _advance(after: int, done: set[int], seen) -> dict:
-    """Moves `after` up over handled ids while no unsettled execution is in the way."""
-    unsettled = sorted(e.id for e in seen if not e.settled)
+    """Moves `after` up over handled (or parked) ids while no running execution is in the
+    way."""
+    unsettled = sorted(e.id for e in seen if e.holds_cursor)
     limit = unsettled[0] if unsettled else None
     for execution_id in sorted(done):
         if limit is not None and execution_id > limit:

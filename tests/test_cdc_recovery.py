@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg2
@@ -320,3 +321,19 @@ def test_failed_journal_write_confirms_and_keeps_nothing(source: str, tmp_path: 
     capture.drain()
     assert sorted(reduced_state(source)) == [1, 2, 3, 4]
     assert duplicated_changes(source) == []
+
+
+def test_serve_exits_non_zero_saying_why_when_a_capture_dies(source: str, tmp_path: Path) -> None:
+    process = _serve(source, catalog_copy(tmp_path))
+    assert "serving sophia/source-postgres" in process.stderr.readline()
+    deadline = time.monotonic() + 60
+    while not sql(source, "SELECT to_regclass('flow.journal') IS NOT NULL")[0][0]:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)  # polling for the capture to create its tables
+    # a fault no reconnect mends (not a lost connection): the journal's table is gone
+    sql(source, "ALTER TABLE flow.journal RENAME TO journal_gone")
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, 'a', 'b')")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err[-2000:]
+    assert "capture sophia/source-postgres died" in err and "journal" in err
+    assert "stopped because sophia/source-postgres died" in err

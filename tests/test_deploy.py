@@ -21,6 +21,7 @@ from dagster_postgres import PostgresRunStorage
 
 from tests.support.cdc import drop_database, new_database
 from tests.support.paths import REPO
+from tests.support.postgres import superuser_password
 
 VARIANTS = REPO / "deploy" / "instance"
 LIMITS = [
@@ -38,7 +39,7 @@ def storage_env(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         "DAGSTER_PG_HOST": parts.hostname,
         "DAGSTER_PG_PORT": str(parts.port),
         "DAGSTER_PG_USERNAME": parts.username,
-        "DAGSTER_PG_PASSWORD": parts.password or "",
+        "DAGSTER_PG_PASSWORD": superuser_password(url),
         "DAGSTER_PG_DB": parts.path.lstrip("/"),
     }.items():
         monkeypatch.setenv(name, value)

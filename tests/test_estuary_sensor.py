@@ -192,3 +192,36 @@ def test_index_follows_vector_updates_without_running_when_nothing_changed() -> 
         moved = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
         assert moved.get_requested_partitions(index_key) == {None}
         assert moved.total_requested == 1
+
+
+def test_a_failed_run_is_retried_with_backoff_not_on_every_offset(source, capture) -> None:
+    clock = {"now": 0.0}
+    sensor = build_estuary_sensor(
+        CDC_KEY, UPDATES_KEY, EMBED_JOB, Thresholds(batch_documents=1), now=lambda: clock["now"]
+    )
+    with dg.instance_for_test() as instance:
+        _insert(source, 1, 3)
+        capture()
+        result, cursor = _tick(sensor, instance)
+        (first,) = result.run_requests
+        failed = dg.DagsterRun(
+            job_name="embed", run_id="f" * 36, status=dg.DagsterRunStatus.STARTED, tags=first.tags
+        )
+        instance.add_run(failed)
+        instance.report_run_failed(failed)
+        ended = instance.get_run_record_by_id(failed.run_id).end_time
+        assert ended is not None
+
+        clock["now"] = ended + 10
+        waiting, cursor = _tick(sensor, instance, cursor)
+        assert waiting.run_requests == []
+        assert f"run {failed.run_id} failed (1 in a row); retrying in 20 s" in (
+            waiting.skip_message or ""
+        )
+        _insert(source, 4, 2)  # new documents arrive: still no request before the backoff
+        capture()
+        clock["now"] = ended + 20
+        assert _tick(sensor, instance, cursor)[0].run_requests == []
+        clock["now"] = ended + 31
+        (retry,) = _tick(sensor, instance, cursor)[0].run_requests
+        assert retry.run_key.endswith(":0-4:retry1") and retry.tags["sophia/retry_of"] == "f" * 36

@@ -16,6 +16,7 @@ import dagster as dg
 import numpy as np
 import psutil
 import pytest
+import yaml
 
 from resources.embedder import EmbedderResource
 from resources.gpu_runner import LambdaGpuRunner, LocalGpuRunner
@@ -31,6 +32,7 @@ from tests.support.dagster_runs import step_failure
 from tests.support.gpu_probe import OUTPUT_ENV, TEXTS, gpu_probe
 from tests.support.paths import REPO
 from tests.support.postgres import SOURCE_URL_ENV
+from tests.support.secret_canaries import process_arguments
 from tests.support.sshd import LoopbackSshd, SshdUnavailable
 
 pytestmark = pytest.mark.slow
@@ -87,13 +89,20 @@ def _logs(instance, run_id: str) -> str:
 
 
 def test_remote_vectors_equal_the_local_runners(lambda_api, tmp_path, monkeypatch) -> None:
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test() as instance, process_arguments() as arguments:
         monkeypatch.setenv(OUTPUT_ENV, str(tmp_path / "remote.npz"))
         remote = _probe(instance, LambdaGpuRunner.from_environment())
         monkeypatch.setenv(OUTPUT_ENV, str(tmp_path / "local.npz"))
         local = _probe(instance, LocalGpuRunner(device="cpu"))
         logs = _logs(instance, remote.run_id)
         tags = instance.get_run_by_id(remote.run_id).tags
+        events = "\n".join(str(event) for event in instance.all_logs(remote.run_id))
+    # the Lambda key and the host key's private half stay out of the event log and of `ps`
+    [rented] = lambda_api.fleet.values()
+    private = yaml.safe_load(rented.user_data)["ssh_keys"]["ed25519_private"]
+    for secret in (API_KEY, private.splitlines()[1]):
+        assert secret not in events and secret not in str(tags)
+        assert not any(secret in command for command in arguments)
     remote_vectors = read_vectors((tmp_path / "remote.npz").read_bytes())
     local_vectors = read_vectors((tmp_path / "local.npz").read_bytes())
     assert [len(v) for v in remote_vectors] == [1, 1, 0, 4, 1]  # the long one in 4 chunks
@@ -115,7 +124,6 @@ def test_remote_vectors_equal_the_local_runners(lambda_api, tmp_path, monkeypatc
     assert "on cpu loaded in" in logs and f"{len(TEXTS)} documents" in logs
     assert tags["sophia/lambda_instance_type"] == "gpu_1x_a10"
     assert "sophia/lambda_heartbeat" in tags
-    [rented] = lambda_api.fleet.values()
     assert rented.history == ["booting", "active", "terminating", "terminated"]
     assert rented.tags == {
         "sophia": "embedding",

@@ -12,6 +12,7 @@ from dagster._core.run_coordinator import QueuedRunCoordinator
 from tests.support.paths import REPO
 from tests.support.postgres import embedded
 from tests.support.processes import run_sophia
+from tests.support.secret_canaries import canaries, files_holding, process_arguments
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +36,19 @@ def test_root_dagster_yaml_builds_a_persistent_instance(tmp_path: Path, monkeypa
 
 
 def test_main_command_run_is_visible_afterwards(tmp_path: Path, monkeypatch) -> None:
-    embedded(tmp_path / ".sophia")
-    result = run_sophia(
-        "demo", "run", "--rows", "200", cwd=tmp_path, env={"SOPHIA_HOME": str(tmp_path / ".sophia")}
-    )
+    server = embedded(tmp_path / ".sophia")
+    planted = canaries()  # every secret variable set, though the local run needs none
+    env = {"SOPHIA_HOME": str(tmp_path / ".sophia"), **planted}
+    with process_arguments() as arguments:
+        result = run_sophia("demo", "run", "--rows", "200", cwd=tmp_path, env=env)
+    # No secret reaches a log, the instance's storage, compute logs, the output or `ps`:
+    # the canaries, and the superuser's generated password (everything used it).
+    planted["superuser password"] = server.passfile.read_text().strip().rsplit(":", 1)[1]
+    assert files_holding(tmp_path, planted, skip={server.passfile}) == []
+    for name, value in planted.items():
+        assert value not in result.stdout + result.stderr, name
+        assert not any(value in command for command in arguments), name
+    assert any("demo run" in command for command in arguments)  # the watcher saw the run
     assert "public.documents {'rows': 200, 'inserted': 200" in result.stdout
     assert "sophia/postgresql_cdc {'documents': 200" in result.stdout
     assert "sophia/vector_updates {'embedded_documents': 200" in result.stdout

@@ -54,6 +54,11 @@ def test_executions_of_a_real_workflow_become_runs() -> None:
     )
     path = uuid.uuid4().hex[:12]
     workflow_id = _webhook_workflow(api, path)
+    sensor = build_n8n_sensor([WorkflowAction(workflow_id, "real-test", "re-embed")], [EMBED])
+    resource = N8nResource(base_url=URL)
+    with dg.instance_for_test() as instance:  # first sight, before any execution
+        context = dg.build_sensor_context(instance=instance, resources={"n8n": resource})
+        known = sensor.evaluate_tick(context).cursor
     for n in range(3):
         for _ in range(40):  # the webhook is registered shortly after activation
             response = httpx.post(f"{URL}/webhook/{path}", json={"n": n}, timeout=30)
@@ -61,11 +66,9 @@ def test_executions_of_a_real_workflow_become_runs() -> None:
                 break
             threading.Event().wait(0.5)
         response.raise_for_status()
-    sensor = build_n8n_sensor([WorkflowAction(workflow_id, "real-test", "re-embed")], [EMBED])
-    resource = N8nResource(base_url=URL)
     with dg.instance_for_test() as instance:
         seen: list[str] = []
-        cursor = None
+        cursor = known
         for _ in range(60):  # executions are stored asynchronously after the webhook answers
             context = dg.build_sensor_context(
                 instance=instance, cursor=cursor, resources={"n8n": resource}

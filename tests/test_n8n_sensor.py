@@ -32,7 +32,13 @@ def server(monkeypatch: pytest.MonkeyPatch):
     assert running.violations == [], running.violations[:3]
 
 
-def _tick(server: N8nContractServer, workflows, cursor=None, jobs=(EMBED,)):
+def _known(workflows) -> str:
+    """The cursor of a sensor that met these workflows before any of their executions."""
+    return json.dumps({w.id: {"after": 0, "done": [], "waiting": []} for w in workflows})
+
+
+def _tick(server: N8nContractServer, workflows, cursor=None, jobs=(EMBED,), first_sight=False):
+    cursor = cursor if cursor is not None or first_sight else _known(workflows)
     sensor = build_n8n_sensor(workflows, jobs=list(jobs))
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(
@@ -49,7 +55,7 @@ def test_backlog_across_pages_is_handled_once(server) -> None:
     keys = [r.run_key for r in first.run_requests]
     assert len(keys) == len(set(keys)) == 600 and keys[0] == "n8n:1001:1001"
     assert server.requests.count("/api/v1/executions") == 3  # pages of 250
-    assert json.loads(cursor)["1001"] == {"after": 1600, "done": []}
+    assert json.loads(cursor)["1001"] == {"after": 1600, "done": [], "waiting": []}
 
     second, _ = _tick(server, [PUBLISHED], cursor)
     assert second.asset_events == [] and second.run_requests == []
@@ -81,11 +87,42 @@ def test_a_running_execution_holds_the_cursor_until_it_settles(server) -> None:
     server.add("1001", 1)
     first, cursor = _tick(server, [PUBLISHED])
     assert [r.run_key for r in first.run_requests] == ["n8n:1001:1001", "n8n:1001:1003"]
-    assert json.loads(cursor)["1001"] == {"after": 1001, "done": [1003]}
+    assert json.loads(cursor)["1001"] == {"after": 1001, "done": [1003], "waiting": []}
     server.set_status(1002, "success")
     second, cursor = _tick(server, [PUBLISHED], cursor)
     assert [r.run_key for r in second.run_requests] == ["n8n:1001:1002"]
-    assert json.loads(cursor)["1001"] == {"after": 1003, "done": []}
+    assert json.loads(cursor)["1001"] == {"after": 1003, "done": [], "waiting": []}
+
+
+def test_the_first_sight_of_a_workflow_acts_on_none_of_its_history(server) -> None:
+    server.add("1001", 600)  # a busy workflow, newly listed in the file
+    first, cursor = _tick(server, [PUBLISHED], first_sight=True)
+    assert first.asset_events == [] and first.run_requests == []
+    assert "first sight of content-published: executions up to 1600 are history" in (
+        first.skip_message
+    )
+    assert server.requests.count("/api/v1/executions") == 1  # one page of one, not 3 of 250
+    server.add("1001", 1)
+    second, _ = _tick(server, [PUBLISHED], cursor)
+    assert [r.run_key for r in second.run_requests] == ["n8n:1001:1601"]
+
+
+def test_a_waiting_execution_is_parked_not_holding_the_cursor(server) -> None:
+    server.add("1001", 1)
+    server.add("1001", 1, status="waiting")  # a Wait node: maybe for days
+    server.add("1001", 1)
+    first, cursor = _tick(server, [PUBLISHED])
+    assert [r.run_key for r in first.run_requests] == ["n8n:1001:1001", "n8n:1001:1003"]
+    assert json.loads(cursor)["1001"] == {"after": 1003, "done": [], "waiting": [1002]}
+    server.add("1001", 1)
+    second, cursor = _tick(server, [PUBLISHED], cursor)  # later ones still flow
+    assert [r.run_key for r in second.run_requests] == ["n8n:1001:1004"]
+    server.set_status(1002, "success")  # the wait ends
+    third, cursor = _tick(server, [PUBLISHED], cursor)
+    assert [r.run_key for r in third.run_requests] == ["n8n:1001:1002"]
+    assert json.loads(cursor)["1001"] == {"after": 1004, "done": [], "waiting": []}
+    fourth, _ = _tick(server, [PUBLISHED], cursor)
+    assert fourth.run_requests == [] and fourth.asset_events == []
 
 
 def test_unknown_workflow_and_refused_action_are_explained(server) -> None:

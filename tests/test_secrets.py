@@ -4,6 +4,7 @@ without losing a change, the secret store file, and the secret-age check."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import subprocess
@@ -120,7 +121,10 @@ def _wait_for(predicate, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)  # polling the server for the state we wait on
 
 
-def test_three_rotations_while_the_capture_serves_lose_nothing(source: str, catalog, store) -> None:
+def test_three_rotations_while_the_capture_serves_lose_nothing(
+    source: str, catalog, store, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every log line of the serving capture, to search
     set_up(catalog, source, store)
     first = store.read(SECRET)["current"]
     capture = catalog.captures[CAPTURE]
@@ -155,6 +159,8 @@ def test_three_rotations_while_the_capture_serves_lose_nothing(source: str, cata
             assert _login(source, logins[-2]) is None  # previous still works
             if turn >= 1:  # two rotations on, the login before the previous is refused
                 assert "password authentication failed" in _login(source, logins[-3])
+        for entry in logins:  # reconnecting as each login logged none of the passwords
+            assert entry["password"] not in caplog.text
         assert [entry["user"] for entry in logins] == [
             "sophia_capture_a",
             "sophia_capture_b",
@@ -277,3 +283,40 @@ def test_rotation_never_sends_the_password_to_the_server(
     log = EmbeddedPostgres(shared_home).log.read_text(errors="replace")
     assert "ALTER ROLE" in log and "SCRAM-SHA-256$4096:" in log  # the statement, with a verifier
     assert store.read(SECRET)["current"]["password"] not in log
+
+
+HOSTILE_PASSWORD = "p/@:?#% w'\"x&=y"
+
+
+def test_a_source_password_with_any_characters_connects_and_is_never_shown(
+    source: str, tmp_path: Path, monkeypatch
+) -> None:
+    from urllib.parse import urlsplit
+
+    from sophia_assets.flow.runtime import source_url
+    from sophia_assets.postgres.scram import scram_verifier
+    from sophia_assets.postgres.urls import masked
+
+    role = f"sophia_hostile_{uuid.uuid4().hex[:6]}"
+    sql(
+        source,
+        f'CREATE ROLE "{role}" LOGIN PASSWORD %s',
+        params=(scram_verifier(HOSTILE_PASSWORD),),
+    )
+    specs = catalog_copy(tmp_path)
+    spec = specs / "source-postgres.flow.yaml"
+    spec.write_text(spec.read_text().replace("user: postgres", f"user: {role}"))
+    parts = urlsplit(source)
+    monkeypatch.setenv("SOPHIA_SOURCE_ADDRESS", f"{parts.hostname}:{parts.port}")
+    monkeypatch.setenv("SOPHIA_SOURCE_PASSWORD", HOSTILE_PASSWORD)
+    try:
+        url = source_url(load(specs).captures[CAPTURE], platform_url=source)
+        assert sql(url, "SELECT current_user")[0][0] == role  # the catalog's endpoint
+        assert sql(with_login(source, role, HOSTILE_PASSWORD), "SELECT 1")[0][0] == 1  # rotated
+        assert HOSTILE_PASSWORD not in masked(f"connecting to {url}")
+        with pytest.raises(psycopg2.OperationalError) as refused:
+            psycopg2.connect(with_login(source, role, HOSTILE_PASSWORD + "!"))
+        assert "password authentication failed" in str(refused.value)
+        assert "p/@" not in str(refused.value)
+    finally:
+        sql(source, f'DROP ROLE "{role}"')

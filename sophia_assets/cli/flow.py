@@ -22,7 +22,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     )
     drain.set_defaults(handler=drain_captures)
     flow_verbs.add_parser(
-        "serve", help="capture continuously until SIGTERM or SIGINT"
+        "serve", help="capture continuously until SIGTERM or SIGINT; exit 1 if a capture dies"
     ).set_defaults(handler=serve_captures)
     read = flow_verbs.add_parser("read", help="print a collection's documents as JSON lines")
     read.add_argument("collection", help="e.g. sophia/postgresql_cdc")
@@ -49,9 +49,20 @@ def serve_captures(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     runners = capture_runners(on_batch=log_batch)
-    threads = [
-        threading.Thread(target=r.serve, args=(stop,), name=r.settings.task) for r in runners
-    ]
+    died: dict[str, BaseException] = {}
+
+    def serve(runner) -> None:
+        """One capture; if it dies, the others stop too and the process exits non-zero, so a
+        supervisor (systemd, Kubernetes) restarts it and nobody takes a half-dead serve
+        for a healthy one."""
+        try:
+            runner.serve(stop)
+        except BaseException as err:
+            died[runner.settings.task] = err
+            print(f"capture {runner.settings.task} died: {err!r}", file=sys.stderr, flush=True)
+            stop.set()
+
+    threads = [threading.Thread(target=serve, args=(r,), name=r.settings.task) for r in runners]
     for thread in threads:
         thread.start()
     print(
@@ -65,6 +76,9 @@ def serve_captures(args: argparse.Namespace) -> int:
             thread.join(timeout=0.5)
     for runner in runners:
         print_report(runner.report)
+    if died:
+        print(f"sophia flow serve: stopped because {', '.join(died)} died", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from urllib.parse import urlsplit, urlunsplit
+
+from sophia_assets.postgres.urls import masked
 
 
 def add_verbs(verbs: argparse._SubParsersAction) -> None:
@@ -73,12 +74,3 @@ def url(args: argparse.Namespace) -> int:
     external = external_url()
     print(masked(external) if external else embedded_server().ensure_running())
     return 0
-
-
-def masked(address: str) -> str:
-    """The URL with any password replaced, for printing."""
-    parts = urlsplit(address)
-    if parts.password is None:
-        return address
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

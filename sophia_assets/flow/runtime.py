@@ -32,10 +32,11 @@ def source_url(capture: Capture, platform_url: str) -> str:
     if resolved is None or not resolved.get("address"):
         return platform_url
     password = ((resolved.get("credentials") or {}).get("password")) or ""
-    user = resolved.get("user") or "postgres"
-    auth = f"{quote(user)}:{quote(password)}@" if password else f"{quote(user)}@"
+    user = quote(resolved.get("user") or "postgres", safe="")
+    # every character percent-encoded: a password may hold / @ : ? # % and spaces
+    auth = f"{user}:{quote(password, safe='')}@" if password else f"{user}@"
     database = resolved.get("database") or "postgres"
-    return f"postgresql://{auth}{resolved['address']}/{quote(database)}"
+    return f"postgresql://{auth}{resolved['address']}/{quote(database, safe='')}"
 
 
 def _resolve(value: Any) -> Any:

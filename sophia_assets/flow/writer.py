@@ -98,11 +98,16 @@ class JournalWriter:
     # -- the writer's thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        """Writes until `close()`. After a failure it keeps taking (and dropping) what is
+        queued, so no `offer` or `finish` waits on a thread that is gone; the capture's
+        thread raises the error at its next call."""
         while True:
             batch = self._batches.get()
             try:
-                if batch is None or self.error is not None:
+                if batch is None:
                     return
+                if self.error is not None:
+                    continue  # dropped: never confirmed, so captured again after a restart
                 self._write(batch)
                 self._committed.put(batch.lsn)
                 self._on_commit(batch.lsn)

@@ -42,7 +42,8 @@ class Rotation:
 def with_login(url: str, user: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
-    netloc = f"{quote(user)}:{quote(password)}@{host}" + (f":{parts.port}" if parts.port else "")
+    login = f"{quote(user, safe='')}:{quote(password, safe='')}"  # any character survives
+    netloc = f"{login}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
 
 

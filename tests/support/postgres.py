@@ -17,3 +17,12 @@ def embedded(home: Path) -> EmbeddedPostgres:
     server = EmbeddedPostgres(home)
     started.append(server)
     return server
+
+
+def superuser_password(url: str) -> str:
+    """The embedded superuser's generated password, from the passfile its URL names: for a
+    client that takes a password but no passfile (Dagster's Postgres storage config)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    passfile = Path(dict(parse_qsl(urlsplit(url).query))["passfile"])
+    return passfile.read_text().strip().rsplit(":", 1)[1]

@@ -72,6 +72,10 @@ class N8nContractServer(ContractServer):
             return 200, _workflow(workflow_id)
         if path == "/api/v1/executions":
             return 200, self._page(query)
+        if path.startswith("/api/v1/executions/"):
+            wanted = path.rsplit("/", 1)[1]
+            found = [e for e in self.executions if e["id"] == wanted]
+            return (200, _full(found[0])) if found else (404, {"message": "Not Found"})
         return 404, {"message": "Not Found"}
 
     def _page(self, query: dict) -> dict:
@@ -99,6 +103,23 @@ class N8nContractServer(ContractServer):
         if self.between_pages:
             self.between_pages(self._pages_served)
         return {"data": page, "nextCursor": next_cursor}
+
+
+def _full(execution: dict) -> dict:
+    """One execution as `GET /executions/{id}` returns it: the listing's fields and the ones
+    the contract requires there besides."""
+    return {
+        **execution,
+        "createdAt": execution["startedAt"],
+        "deletedAt": None,
+        "storedAt": "db",
+        "tracingContext": None,
+        "deduplicationKey": None,
+        "jsonSizeBytes": 0,
+        "binaryDataSizeBytes": 0,
+        "workflowVersionId": None,
+        "usedPrivateCredentials": False,
+    }
 
 
 def _workflow(workflow_id: str) -> dict:
