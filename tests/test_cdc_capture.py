@@ -141,6 +141,25 @@ def test_backfill_documents_are_marked_as_snapshot(source: str, catalog) -> None
     assert all(d["_meta"]["source"]["snapshot"] is True for d in journal)
 
 
+def test_backfilled_values_equal_streamed_ones(source: str, catalog) -> None:
+    """The backfill reads each value as its type's output function writes it, as pgoutput
+    sends it: a cast to text writes `true` for a boolean (read back as false)."""
+    row = (
+        "INSERT INTO documents (id, title, body, published, price, tags) "
+        "VALUES ({}, 't', 'b', true, 1.50, '{{a,\"b c\"}}')"
+    )
+    sql(source, row.format(1))
+    runner(source, catalog).drain()  # id 1 backfilled
+    sql(source, row.format(2))
+    runner(source, catalog).drain()  # id 2 streamed
+    backfilled, streamed = _journal(source)
+    assert backfilled["_meta"]["source"].get("snapshot") is True
+    assert "snapshot" not in streamed["_meta"]["source"]
+    for field in ("published", "price", "tags"):
+        assert backfilled[field] == streamed[field], field
+    assert backfilled["published"] is True
+
+
 def test_invalid_document_is_quarantined_and_the_rest_flows(source: str, catalog) -> None:
     capture = runner(source, catalog)
     capture.drain()

@@ -4,8 +4,9 @@ changes to keys inside the chunk are folded into its rows (each change carries t
 so folding in commit order ends at the latest state), changes to keys the backfill has
 passed are emitted, and changes beyond the chunk are dropped (a later chunk reads them).
 
-Per binding, the capture's checkpoint state is {"backfilled", "cursor" (the last key read),
-and after a reset "reconcile"}: re-backfilled tables then delete the keys gone meanwhile.
+Per binding, the capture's checkpoint state is {"backfilled", "cursor" (the text of the
+last key read), and after a reset "reconcile"}: re-backfilled tables then delete the keys
+gone meanwhile. Key positions compare in the order the backfill reads by (key_order.py).
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from sophia_assets.flow.documents import (
     set_location,
     snapshot_meta,
 )
+from sophia_assets.flow.key_order import KeyOrder, output_text
 from sophia_assets.flow.source import SourceTable
 from sophia_assets.flow.watermarks import BACKFILL, write_watermark
 
-TEXT_TYPE_OIDS = frozenset({25, 1043, 1042})  # text, varchar, bpchar
-
-Row = tuple[tuple, dict[str, Any]]  # (key values, document)
+Row = tuple[tuple, dict[str, Any]]  # (key position, document)
 
 
 def initial_state() -> dict[str, Any]:
@@ -43,24 +43,32 @@ def rebackfill_state() -> dict[str, Any]:
     return {**initial_state(), "reconcile": True}
 
 
-def passed(state: dict[str, Any], key_values: tuple) -> bool:
+def key_order(table: SourceTable, binding: Binding) -> KeyOrder:
+    return KeyOrder.of(
+        binding.key_columns,
+        [table.type_oids[table.columns.index(k)] for k in binding.key_columns],
+    )
+
+
+def passed(state: dict[str, Any], position: tuple, order: KeyOrder) -> bool:
     """Whether the backfill has read this key already: its changes are emitted as they come."""
     return state["backfilled"] or (
-        state["cursor"] is not None and key_values <= tuple(state["cursor"])
+        state["cursor"] is not None and position <= order.position(state["cursor"])
     )
 
 
 @dataclass
 class Chunk:
     binding: Binding
-    high: tuple | None  # last key of the chunk; None when it runs to the end of the table
+    high: tuple | None  # last key's position; None when the chunk runs to the end of the table
+    cursor: list | None  # that key's column texts, for the checkpoint
     rows: dict[str, Row]  # key text -> row
     watermark: str
 
-    def covers(self, binding: Binding, key_values: tuple) -> bool:
-        return binding is self.binding and (self.high is None or key_values <= self.high)
+    def covers(self, binding: Binding, position: tuple) -> bool:
+        return binding is self.binding and (self.high is None or position <= self.high)
 
-    def fold(self, change: Change, key_values: tuple) -> None:
+    def fold(self, change: Change, position: tuple) -> None:
         """A streamed change to a key inside the chunk replaces the row read."""
         if change.op == DELETE:
             self.rows.pop(change.key, None)
@@ -70,12 +78,12 @@ class Chunk:
         for column in change.unchanged:
             if previous is not None and column in previous[1]:
                 document[column] = previous[1][column]
-        self.rows[change.key] = (key_values, as_snapshot(document))
+        self.rows[change.key] = (position, as_snapshot(document))
 
     def changes(self, lsn: int) -> list[Change]:
         """The chunk's rows as creates in key order, located at the watermark's commit."""
         out = []
-        for key, (_values, document) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
+        for key, (_position, document) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
             set_location(document, location(last_commit_end=lsn))
             out.append(Change(self.binding, CREATE, key, document, (), None, lsn))
         return out
@@ -85,10 +93,12 @@ def read_chunk(
     cur, settings: CaptureSettings, binding: Binding, table: SourceTable, cursor: list | None
 ) -> Chunk:
     """Reads the rows after `cursor`, then writes the watermark that closes the chunk."""
-    keys = sql.SQL(", ").join(_order_column(table, k) for k in binding.key_columns)
-    # Aliased, so ORDER BY reads the key column itself and not its text.
+    order = key_order(table, binding)
+    keys = order.expressions()
+    # Each value as its output function writes it (as pgoutput sends it); aliased, so
+    # ORDER BY reads the key column itself and not its text.
     select_list = sql.SQL(", ").join(
-        sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"_c{n}"))
+        sql.SQL("{} AS {}").format(output_text(c), sql.Identifier(f"_c{n}"))
         for n, c in enumerate(table.columns)
     )
     where = sql.SQL("")
@@ -96,10 +106,11 @@ def read_chunk(
     if cursor is not None:
         placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in cursor)
         where = sql.SQL("WHERE ({}) > ({})").format(keys, placeholders)
-        parameters = list(cursor)
+        parameters = [str(value) for value in cursor]
     converters = table.converters()
     key_index = [table.columns.index(k) for k in binding.key_columns]
     rows: dict[str, Row] = {}
+    last_texts: list | None = None
     scan_ms = int(time.time() * 1000)
     cur.execute(
         sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT %s").format(
@@ -113,22 +124,20 @@ def read_chunk(
             for name, value, convert in zip(table.columns, row, converters, strict=True)
         }
         key_values = tuple(document[table.columns[i]] for i in key_index)
+        last_texts = [row[i] for i in key_index]
         document["_meta"] = snapshot_meta(CREATE, scan_ms, table.namespace, table.name, location())
-        rows[key_text(key_values)] = (key_values, document)
-    high = None
-    if len(rows) == settings.chunk_size:
-        high = next(reversed(rows.values()))[0]
+        rows[key_text(key_values)] = (order.position(last_texts), document)
+    full = len(rows) == settings.chunk_size
+    high = order.position(last_texts) if full else None
     watermark = write_watermark(cur, settings, BACKFILL)
-    return Chunk(binding, high, rows, watermark)
+    return Chunk(binding, high, last_texts if full else None, rows, watermark)
 
 
 def source_keys(cur, binding: Binding, table: SourceTable) -> set[str]:
     """Every key now in the source table, as key text."""
     converters = table.converters()
     key_index = [table.columns.index(k) for k in binding.key_columns]
-    columns = sql.SQL(", ").join(
-        sql.SQL("{}::text").format(sql.Identifier(table.columns[i])) for i in key_index
-    )
+    columns = sql.SQL(", ").join(output_text(table.columns[i]) for i in key_index)
     cur.execute(sql.SQL("SELECT {} FROM {}").format(columns, table.identifier))
     return {
         key_text(tuple(converters[i](v) for i, v in zip(key_index, row, strict=True)))
@@ -156,10 +165,3 @@ def reconciling_deletes(
         )
         out.append(Change(binding, DELETE, key, document, (), None, lsn))
     return out
-
-
-def _order_column(table: SourceTable, column: str) -> sql.Composable:
-    """Keys order by bytes (COLLATE "C"), as Python compares strings."""
-    oid = table.type_oids[table.columns.index(column)]
-    name = sql.Identifier(column)
-    return sql.SQL('{} COLLATE "C"').format(name) if oid in TEXT_TYPE_OIDS else name

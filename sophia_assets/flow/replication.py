@@ -34,6 +34,7 @@ from sophia_assets.flow.documents import (
     location,
     streamed_meta,
 )
+from sophia_assets.flow.key_order import KeyOrder
 from sophia_assets.flow.pgoutput import UNCHANGED, lsn_int, lsn_text
 from sophia_assets.flow.source import (
     SourceError,
@@ -166,6 +167,7 @@ class Session:
         self.replication = None
         self.stream = None
         self.tables: dict[str, SourceTable] = {}
+        self.orders: dict[str, KeyOrder] = {}  # each binding's key order, for the backfill
         self.checkpoint = 0
         self.state: dict[str, Any] = {}
         self.relations: dict[int, RelationPlan] = {}
@@ -235,9 +237,9 @@ class Session:
         with self.source.cursor() as cur:
             check_wal_level(cur)
             for binding in self.runner.bindings:
-                self.tables[binding.id] = describe_table(
-                    cur, binding.namespace, binding.stream, binding.key_columns
-                )
+                table = describe_table(cur, binding.namespace, binding.stream, binding.key_columns)
+                self.tables[binding.id] = table
+                self.orders[binding.id] = backfill.key_order(table, binding)
             ensure_watermarks_table(cur, self.settings.watermarks_table)
             ensure_publication(
                 cur,
@@ -410,14 +412,20 @@ class Session:
             begin.final_lsn,
             carried_from,
         )
-        self._route(change, key_values)
+        self._route(change, [values[i] for i in plan.key_index])
 
-    def _route(self, change: Change, key_values: tuple) -> None:
+    def _route(self, change: Change, key_texts: list) -> None:
         """Emit, fold into the chunk in flight, or drop, by where the backfill stands."""
-        if backfill.passed(self.state[change.binding.id], key_values):
+        state = self.state[change.binding.id]
+        if state["backfilled"]:  # the common case: no key order to work out
             self.tx.changes.append(change)
-        elif self.chunk is not None and self.chunk.covers(change.binding, key_values):
-            self.chunk.fold(change, key_values)
+            return
+        order = self.orders[change.binding.id]
+        position = order.position(key_texts)
+        if backfill.passed(state, position, order):
+            self.tx.changes.append(change)
+        elif self.chunk is not None and self.chunk.covers(change.binding, position):
+            self.chunk.fold(change, position)
         # else: beyond the chunk; a later chunk reads the row as it is then
 
     def _commit(self, commit: pgoutput.Commit) -> None:
@@ -461,12 +469,12 @@ class Session:
                 self._reconcile(chunk.binding, lsn)
             log.info("backfill of %s complete", chunk.binding.id)
         else:
-            state["cursor"] = list(chunk.high)
+            state["cursor"] = chunk.cursor
             log.info(
                 "backfill of %s: %d rows, up to key %s",
                 chunk.binding.id,
                 len(chunk.rows),
-                chunk.high,
+                chunk.cursor,
             )
 
     def _reconcile(self, binding: Binding, lsn: int) -> None:
