@@ -129,10 +129,9 @@ class CaptureRunner:
 
     def reset_for_rebackfill(self) -> None:
         """Forgets the checkpoint and the slot: the next run backfills every table again and
-        then deletes from the collections the keys that are no longer in the source."""
-        with psycopg2.connect(self.source_url) as source, source.cursor() as cur:
-            drop_slot(cur, self.settings.slot)
-        source.close()
+        then deletes from the collections the keys that are no longer in the source. The
+        new checkpoint is written first: a crash before the slot is dropped leaves a
+        checkpoint that re-backfills from the old slot, never an old one with no slot."""
         jconn = psycopg2.connect(self.journal_url)
         journal.ensure_schema(jconn)
         try:
@@ -141,6 +140,9 @@ class CaptureRunner:
                 journal.save_checkpoint(cur, self.settings.task, "0/0", state)
         finally:
             jconn.close()
+        with psycopg2.connect(self.source_url) as source, source.cursor() as cur:
+            drop_slot(cur, self.settings.slot)
+        source.close()
         log.info("capture %s will re-backfill from a new slot", self.settings.task)
 
     def _wait_for_serve(self, timeout_s: float = 300.0) -> CaptureReport:

@@ -210,6 +210,12 @@ class Session:
             self.report,
             on_commit=self._committed,
         )
+        self.pending_lsn = self.checkpoint
+        for binding in self.runner.bindings:
+            state = self.state[binding.id]
+            if state["backfilled"] and state.get("reconcile"):  # a crash cut it short
+                self._reconcile(binding, self.checkpoint)
+                state.pop("reconcile")
 
     def _claim_task(self) -> tuple[str, dict[str, Any]] | None:
         """Takes the capture's lock on the journal (held for the session), then reads its
@@ -465,8 +471,11 @@ class Session:
         state = self.state[chunk.binding.id]
         if chunk.high is None:
             state["backfilled"] = True
-            if state.pop("reconcile", False):
+            if state.get("reconcile"):
+                # Popped only now: the flush inside commits the last chunk with the state,
+                # and a crash before the deletes are committed must find them still owed.
                 self._reconcile(chunk.binding, lsn)
+                state.pop("reconcile")
             log.info("backfill of %s complete", chunk.binding.id)
         else:
             state["cursor"] = chunk.cursor
