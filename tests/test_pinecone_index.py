@@ -3,6 +3,7 @@ published data-plane contract, with throttling, server errors and batches over t
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 
@@ -70,6 +71,23 @@ def test_large_metadata_splits_batches_under_two_megabytes(index, server) -> Non
     assert len(upserts) >= 3 and set(upserts) == {200}
     assert len(server.namespaces[NAMESPACE]) == 300
     assert MAX_REQUEST_BYTES == 2 * 1024 * 1024
+
+
+def test_metadata_over_40_kb_is_cut_with_a_marker_not_refused(index, server) -> None:
+    huge = VectorRecord(
+        "9:0",
+        [0.5] * 8,
+        {"title": "é" * 600_000, "note": 'say "hi"\n' * 9_000, "source_key": 1, "chunk": 0},
+    )
+    index.apply([huge, *_records(3)], [], offset=9)  # one batch, nothing refused
+    upserts = [status for path, status in server.requests if path == "/vectors/upsert"]
+    assert upserts == [200]
+    stored = index.fetch(["9:0", "2:0"])["9:0"].metadata
+    assert len(json.dumps(stored, ensure_ascii=False).encode()) <= 40 * 1024
+    assert stored["metadata_cut"] is True and stored["title"].endswith(" [cut]")
+    assert stored["title"].startswith("é" * 1000)
+    assert (stored["source_key"], stored["chunk"]) == (1, 0)  # short fields kept whole
+    assert index.applied_offset() == 9
 
 
 def test_deletes_query_fetch_list_and_stats(index, server) -> None:

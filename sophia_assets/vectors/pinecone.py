@@ -17,6 +17,8 @@ T = TypeVar("T")
 MAX_RECORDS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 MAX_IDS = 1000
+MAX_METADATA_BYTES = 40 * 1024 - 512  # Pinecone's limit per record, less room for how it counts
+CUT_MARKER = " [cut]"
 
 
 class PineconeIndex(VectorIndex):
@@ -130,5 +132,37 @@ def batches(
 
 
 def _flat(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Pinecone metadata values are strings, numbers, booleans or lists of strings."""
-    return {k: v for k, v in metadata.items() if v is not None}
+    """Pinecone metadata values are strings, numbers, booleans or lists of strings, at most
+    40 KB per record. Over that, every string is cut to the longest length that fits (ending
+    in CUT_MARKER, with `metadata_cut` set) rather than have Pinecone refuse the batch."""
+    import orjson
+
+    flat = {k: v for k, v in metadata.items() if v is not None}
+    if len(orjson.dumps(flat)) <= MAX_METADATA_BYTES:
+        return flat
+    low, high = 0, max((len(v.encode()) for v in flat.values() if isinstance(v, str)), default=0)
+    while low < high:  # the largest cap (in bytes) under which the whole record fits
+        middle = (low + high + 1) // 2
+        if len(orjson.dumps(_capped(flat, middle))) <= MAX_METADATA_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    capped = _capped(flat, low)
+    while len(orjson.dumps(capped)) > MAX_METADATA_BYTES:  # the rest is not strings: drop
+        capped.pop(
+            max(
+                (k for k in capped if k != "metadata_cut"),
+                key=lambda k: len(orjson.dumps(capped[k])),
+            )
+        )
+    return capped
+
+
+def _capped(flat: dict[str, Any], cap: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if isinstance(value, str) and len(value.encode()) > cap:
+            value = value.encode()[:cap].decode(errors="ignore") + CUT_MARKER
+        out[key] = value
+    out["metadata_cut"] = True
+    return out

@@ -6,6 +6,7 @@ client's retries."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import deque
@@ -13,6 +14,7 @@ from typing import Any
 
 from tests.support.contract_servers.contract_server import ContractServer
 
+MAX_METADATA_BYTES = 40 * 1024  # per record
 MAX_UPSERT_RECORDS = 1000
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
@@ -80,6 +82,16 @@ class PineconeContractServer(ContractServer):
                 "the limit of 1000 records and 2 MB",
             )
         for vector in vectors:
+            metadata = vector.get("metadata") or {}
+            metadata_bytes = len(
+                json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode()
+            )
+            if metadata_bytes > MAX_METADATA_BYTES:
+                return 400, _status(
+                    400,
+                    f"metadata size is {metadata_bytes} bytes, which exceeds the limit of "
+                    f"{MAX_METADATA_BYTES} bytes per vector",
+                )
             if len(vector["values"]) != self.dimension:
                 return 400, _status(
                     400,
