@@ -191,7 +191,11 @@ def _remote_entrypoint(sshd: LoopbackSshd, timeout_s: float = 120) -> psutil.Pro
     """The entrypoint process running under our sshd, once it exists."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for child in psutil.Process(sshd.process.pid).children(recursive=True):
+        try:  # sshd restarts with the launch's host key (cloud-init): its pid changes
+            children = psutil.Process(sshd.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
             try:
                 if ENTRYPOINT in " ".join(child.cmdline()):
                     return child
