@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from tests.support.cdc import (
-    CAPTURE,
+    add_collection,
     catalog_copy,
     drop_database,
     load,
@@ -22,30 +20,8 @@ COMMENTS = "sophia/comments_cdc"
 
 def two_binding_catalog(tmp_path: Path) -> Path:
     root = catalog_copy(tmp_path, chunk_size=3)
-    collections = root / "collections.flow.yaml"
-    doc = yaml.safe_load(collections.read_text())
-    doc["collections"][COMMENTS] = {
-        "key": ["/id"],
-        "schema": {
-            "type": "object",
-            "required": ["id"],
-            "properties": {"id": {"type": "integer"}, "text": {"type": "string"}},
-            # Estuary's usual delete: a document with _meta.op d removes its key.
-            "if": {
-                "required": ["_meta"],
-                "properties": {"_meta": {"properties": {"op": {"const": "d"}}}},
-            },
-            "then": {"reduce": {"strategy": "merge", "delete": True}},
-            "else": {"reduce": {"strategy": "merge"}},
-        },
-    }
-    collections.write_text(yaml.safe_dump(doc, sort_keys=False))
-    capture = root / "source-postgres.flow.yaml"
-    doc = yaml.safe_load(capture.read_text())
-    doc["captures"][CAPTURE]["bindings"].append(
-        {"resource": {"namespace": "public", "stream": "comments"}, "target": COMMENTS}
-    )
-    capture.write_text(yaml.safe_dump(doc, sort_keys=False))
+    properties = {"id": {"type": "integer"}, "text": {"type": "string"}}
+    add_collection(root, COMMENTS, ["/id"], properties, stream="comments", only=False)
     return root
 
 

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-import yaml
 
-from tests.support.cdc import CAPTURE, catalog_copy, drop_database, load, new_database, runner, sql
+from tests.support.cdc import (
+    add_collection,
+    catalog_copy,
+    drop_database,
+    load,
+    new_database,
+    runner,
+    sql,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -77,29 +84,8 @@ def _catalog(tmp_path: Path, composite: bool) -> Path:
         if composite
         else {"k": {"type": "string"}}
     )
-    collections = root / "collections.flow.yaml"
-    doc = yaml.safe_load(collections.read_text())
-    doc["collections"][COLLECTION] = {
-        "key": keys,
-        "schema": {
-            "type": "object",
-            "required": [k.lstrip("/") for k in keys],
-            "properties": {**properties, "v": {"type": ["string", "null"]}},
-            "if": {
-                "required": ["_meta"],
-                "properties": {"_meta": {"properties": {"op": {"const": "d"}}}},
-            },
-            "then": {"reduce": {"strategy": "merge", "delete": True}},
-            "else": {"reduce": {"strategy": "merge"}},
-        },
-    }
-    collections.write_text(yaml.safe_dump(doc, sort_keys=False))
-    capture = root / "source-postgres.flow.yaml"
-    doc = yaml.safe_load(capture.read_text())
-    doc["captures"][CAPTURE]["bindings"] = [
-        {"resource": {"namespace": "public", "stream": "keyed"}, "target": COLLECTION}
-    ]
-    capture.write_text(yaml.safe_dump(doc, sort_keys=False))
+    properties = {**properties, "v": {"type": ["string", "null"]}}
+    add_collection(root, COLLECTION, keys, properties, stream="keyed", only=True)
     return root
 
 

@@ -85,6 +85,37 @@ def catalog_copy(tmp_path: Path, chunk_size: int = 50_000, slot: str = "flow_slo
     return root
 
 
+def add_collection(
+    root: Path, name: str, keys: list[str], properties: dict[str, Any], stream: str, only: bool
+) -> None:
+    """Adds a collection to the catalog copy at `root`, with Estuary's usual delete (a
+    document with _meta.op d removes its key), and binds the capture's `stream` to it: as its
+    only binding, or beside the shipped one."""
+    collections = root / "collections.flow.yaml"
+    doc = yaml.safe_load(collections.read_text())
+    doc["collections"][name] = {
+        "key": keys,
+        "schema": {
+            "type": "object",
+            "required": [k.lstrip("/") for k in keys],
+            "properties": properties,
+            "if": {
+                "required": ["_meta"],
+                "properties": {"_meta": {"properties": {"op": {"const": "d"}}}},
+            },
+            "then": {"reduce": {"strategy": "merge", "delete": True}},
+            "else": {"reduce": {"strategy": "merge"}},
+        },
+    }
+    collections.write_text(yaml.safe_dump(doc, sort_keys=False))
+    capture = root / "source-postgres.flow.yaml"
+    doc = yaml.safe_load(capture.read_text())
+    binding = {"resource": {"namespace": "public", "stream": stream}, "target": name}
+    bindings = doc["captures"][CAPTURE]["bindings"]
+    doc["captures"][CAPTURE]["bindings"] = [binding] if only else [*bindings, binding]
+    capture.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
 def runner(url: str, catalog: Catalog, **kwargs: Any) -> CaptureRunner:
     return CaptureRunner(catalog.captures[CAPTURE], catalog, url, url, **kwargs)
 
