@@ -4,7 +4,10 @@
 - ours: a drain of the same changes into durable journals (documents, reduced view and
   checkpoint committed together);
 - latency: source commit -> journal commit at a steady rate of single-row transactions, with
-  `serve` running.
+  `serve` running;
+- one large transaction (1,000,000 rows by default): the drain's time, the documents
+  journaled (exactly once: one per row) and the process's peak RSS, which the batch limits
+  bound (the floor's pg_recvlogical holds one message at a time).
 
 Everything runs in a scratch database on the platform's Postgres, dropped afterwards.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -61,6 +65,11 @@ class CdcFigures:
     latency_p50_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+    big_tx_rows: int = 0
+    big_tx_seconds: float = 0.0
+    big_tx_documents: int = 0
+    rss_before_mb: float = 0.0
+    peak_rss_mb: float = 0.0
 
     @property
     def floor_rows_per_s(self) -> float:
@@ -81,11 +90,24 @@ class CdcFigures:
             "latency_p50_ms": round(self.latency_p50_ms, 3),
             "latency_p99_ms": round(self.latency_p99_ms, 3),
             "latency_max_ms": round(self.latency_max_ms, 3),
+            "big_tx_rows": self.big_tx_rows,
+            "big_tx_rows_per_s": round(self.big_tx_rows / self.big_tx_seconds)
+            if self.big_tx_seconds
+            else 0,
+            "big_tx_documents": self.big_tx_documents,
+            "rss_before_big_tx_mb": round(self.rss_before_mb),
+            "peak_rss_mb": round(self.peak_rss_mb),
         }
 
 
 def run_cdc_bench(
-    platform_url: str, catalog: Catalog, rows: int, rate: float, seconds: float, say=print
+    platform_url: str,
+    catalog: Catalog,
+    rows: int,
+    rate: float,
+    seconds: float,
+    big_tx_rows: int = 0,
+    say=print,
 ) -> CdcFigures:
     capture, catalog = scratch_capture(catalog)
     publication = capture.connector.config["advanced"]["publicationName"]
@@ -98,15 +120,18 @@ def run_cdc_bench(
 
         runner = new_runner()
         runner.drain()  # slot, publication, empty backfill: set-up is not measured
+        # First, while this process's peak RSS is still the set-up's.
+        big = _big_transaction(runner, url, big_tx_rows, say) if big_tx_rows else None
         _sql(url, f"SELECT pg_create_logical_replication_slot('{floor_slot}', 'pgoutput')")
 
         say(f"writing {rows} rows in transactions of 10,000...")
+        id_base = big_tx_rows
         for first in range(0, rows, 10_000):
             _sql(
                 url,
                 "INSERT INTO documents (id, title, body) SELECT g, 'bulk ' || g, "
                 "repeat('lorem ipsum ', 10) || g FROM generate_series(%s, %s) g",
-                (first + 1, min(rows, first + 10_000)),
+                (id_base + first + 1, id_base + min(rows, first + 10_000)),
             )
         end_lsn = _sql(url, "SELECT pg_current_wal_lsn()::text")[0][0]
 
@@ -117,7 +142,9 @@ def run_cdc_bench(
 
         # Steady state: the bulk phase's vacuum and checkpoint are not the latency phase's.
         _settle(url)
-        latency = _steady_latency(new_runner, url, rate, seconds, first_id=rows + 1, say=say)
+        latency = _steady_latency(
+            new_runner, url, rate, seconds, first_id=id_base + rows + 1, say=say
+        )
     return CdcFigures(
         rows,
         floor,
@@ -127,7 +154,29 @@ def run_cdc_bench(
         latency.p50_ms or 0.0,
         latency.p99_ms or 0.0,
         latency.max_ms or 0.0,
+        *(big or ()),
     )
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _big_transaction(runner, url: str, rows: int, say) -> tuple[int, float, int, float, float]:
+    """One source transaction of `rows` inserts, drained: (rows, seconds, documents
+    journaled, peak RSS before, peak RSS after)."""
+    say(f"writing one transaction of {rows:,} rows...")
+    _sql(
+        url,
+        "INSERT INTO documents (id, title, body) SELECT g, 'big ' || g, "
+        "repeat('lorem ipsum ', 10) || g FROM generate_series(1, %s) g",
+        (rows,),
+    )
+    before = _peak_rss_mb()
+    seconds = _time(runner.drain)
+    (documents,) = _sql(url, "SELECT count(*) FROM flow.journal")[0]
+    say(f"one transaction of {rows:,} rows: {documents:,} documents in {seconds:.2f} s")
+    return rows, seconds, documents, before, _peak_rss_mb()
 
 
 def _steady_latency(new_runner, url: str, rate: float, seconds: float, first_id: int, say):
@@ -223,6 +272,12 @@ def print_figures(figures: CdcFigures, as_json: bool) -> None:
         f"p50 {data['latency_p50_ms']} ms, p99 {data['latency_p99_ms']} ms, "
         f"max {data['latency_max_ms']} ms"
     )
+    if figures.big_tx_rows:
+        print(
+            f"one transaction of {figures.big_tx_rows:,} rows: "
+            f"{data['big_tx_documents']:,} documents, {data['big_tx_rows_per_s']:,} rows/s, "
+            f"peak RSS {data['peak_rss_mb']} MB (before it: {data['rss_before_big_tx_mb']} MB)"
+        )
     if as_json:
         print(json.dumps(data))
 
@@ -232,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="bulk rows (100000)")
     parser.add_argument("--rate", type=float, default=1000, help="steady tx/s (1000)")
     parser.add_argument("--seconds", type=float, default=10, help="steady phase length (10)")
+    parser.add_argument(
+        "--big-tx-rows",
+        type=int,
+        default=1_000_000,
+        help="rows of the one large transaction (1000000; 0 skips it)",
+    )
     add_json_flag(parser)
     args = parser.parse_args(argv)
     from sophia_assets.catalog import load_catalog
@@ -244,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rows,
         args.rate,
         args.seconds,
+        args.big_tx_rows,
         say=say,
     )
     print_figures(figures, args.json)

@@ -21,8 +21,16 @@ CASES = {
         {"p99_ms_at", "max_rate_p99_under_200ms", "floor_rate"},
     ),
     "cdc": (
-        ["--rows", "3000", "--rate", "200", "--seconds", "1"],
-        {"floor_rows_per_s", "journal_rows_per_s", "ratio", "latency_p50_ms", "latency_p99_ms"},
+        ["--rows", "3000", "--rate", "200", "--seconds", "1", "--big-tx-rows", "3000"],
+        {
+            "floor_rows_per_s",
+            "journal_rows_per_s",
+            "ratio",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "big_tx_documents",
+            "peak_rss_mb",
+        },
     ),
     "embed": (
         # torch's and int8's paths have their own tests (test_embeddings, test_onnx_int8)
@@ -45,6 +53,8 @@ def test_benchmark_prints_its_figures_as_json(name: str, postgres_url: str) -> N
         result = run_bench(name, *args, "--json", env={"SOPHIA_POSTGRES_URL": url})
     figures = json.loads(result.stdout.splitlines()[-1])
     assert keys <= set(figures), result.stderr[-2000:]
+    if name == "cdc":  # the large transaction is journaled exactly once
+        assert figures["big_tx_documents"] == 3000
     # the benches hand the password to their children (writers, pg_recvlogical, servers)
     # through the environment, never their arguments, and never print it
     assert not [command for command in arguments if password in command]

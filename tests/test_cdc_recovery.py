@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,9 @@ from tests.support.cdc import (
     runner,
     source_state,
     sql,
+)
+from tests.support.cdc import (
+    flow_process as _serve,
 )
 from tests.support.postgres import embedded
 
@@ -76,18 +78,6 @@ class Workload(threading.Thread):
             )
         else:
             cur.execute("DELETE FROM documents WHERE id = %s", (key,))
-
-
-def _serve(url: str, specs: Path, *verb: str) -> subprocess.Popen:
-    sophia = Path(sys.executable).parent / "sophia"
-    env = {**os.environ, "SOPHIA_POSTGRES_URL": url, "SOPHIA_FLOW_SPECS": str(specs)}
-    return subprocess.Popen(
-        [str(sophia), "flow", *(verb or ["serve"])],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_killed_at_random_moments_loses_and_doubles_nothing(source: str, tmp_path: Path) -> None:
@@ -398,4 +388,55 @@ def test_a_crash_between_the_last_chunk_and_its_deletes_still_deletes(
         capture.drain()
     sql(source, "DROP TRIGGER refuse_deletes ON flow.journal")
     runner(source, catalog).drain()  # the restart owes the deletes still
+    assert reduced_state(source) == source_state(source)
+
+
+def _streamed(url: str) -> int:
+    return sql(
+        url,
+        "SELECT count(*) FROM flow.journal WHERE document #> '{_meta,source,snapshot}' IS NULL",
+    )[0][0]
+
+
+def test_a_transaction_killed_while_journaled_in_parts_loses_and_doubles_nothing(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One source transaction far over the batch limit is journaled in parts before its
+    commit is confirmed; the capture is killed between parts, and the restart skips exactly
+    the changes already written."""
+    specs = catalog_copy(tmp_path)
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) SELECT g, 'old', 'b' "
+        "FROM generate_series(1, 500) g",
+    )
+    runner(source, load(specs)).drain()
+    sql(
+        source,
+        "BEGIN",
+        "INSERT INTO documents (id, title, body) SELECT g, 't', repeat('x', 300) "
+        "FROM generate_series(1001, 31000) g",
+        "UPDATE documents SET id = id + 100000 WHERE id <= 100",  # key changes: two changes
+        "UPDATE documents SET title = 'retitled' WHERE id BETWEEN 200 AND 400",
+        "DELETE FROM documents WHERE id BETWEEN 450 AND 500",
+        "COMMIT",
+    )
+    expected = 30_000 + 2 * 100 + 201 + 51
+    limits = {"SOPHIA_FLOW_BATCH_DOCUMENTS": "2000"}
+    process = _serve(source, specs, "drain", env=limits)
+    try:
+        written = 0
+        while written < 6_000 and process.poll() is None:  # a few parts in, well before the end
+            written = _streamed(source)
+        assert process.poll() is None, "the drain ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate()
+    assert 6_000 <= _streamed(source) < expected
+
+    monkeypatch.setenv("SOPHIA_FLOW_BATCH_DOCUMENTS", "2000")
+    runner(source, load(specs)).drain()
+    assert _streamed(source) == expected
+    assert duplicated_changes(source) == []
     assert reduced_state(source) == source_state(source)

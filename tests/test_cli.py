@@ -19,7 +19,7 @@ from tests.support.processes import run_python, run_sophia
 VERBS = {
     "demo": ["seed", "load", "run"],
     "postgres": ["start", "stop", "status", "url"],
-    "flow": ["drain", "serve", "read"],
+    "flow": ["drain", "serve", "read", "quarantine"],
     "search": [],
     "api": ["serve"],
     "catalog": ["validate"],

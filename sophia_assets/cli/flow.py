@@ -29,6 +29,37 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     read.add_argument("--reduced", action="store_true", help="the current document per key")
     read.add_argument("--since", type=int, default=0, help="first journal offset (0)")
     read.set_defaults(handler=read_collection)
+    add_quarantine_verbs(flow_verbs)
+
+
+def add_quarantine_verbs(flow_verbs: argparse._SubParsersAction) -> None:
+    group = flow_verbs.add_parser(
+        "quarantine",
+        help="documents a capture could not journal: list, show, replay",
+        description="Documents a capture could not journal (a schema violation, a value with "
+        "no JSON form), each with the reason and its source position. The capture went on "
+        "past them; after fixing the schema, `replay` publishes them in capture order.",
+    )
+    verbs = group.add_subparsers(title="quarantine commands", required=True)
+    listing = verbs.add_parser("list", help="one line per quarantined document, oldest first")
+    listing.add_argument("--collection", help="only this collection's")
+    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    listing.set_defaults(handler=list_quarantined)
+    show = verbs.add_parser("show", help="one quarantined document, reason and source, as JSON")
+    show.add_argument("id", type=int, help="its id, from `list`")
+    show.set_defaults(handler=show_quarantined)
+    replay = verbs.add_parser(
+        "replay",
+        help="publish a collection's quarantined documents in order (stop its capture first)",
+        description="Validates each quarantined document of the collection against the "
+        "catalog's schema as it is now and publishes the valid ones in capture order; "
+        "those the journal already has a later change of are dropped, those still invalid "
+        "stay with their new reason, and values with no JSON form stay (fix the source row: "
+        "the capture reads it again). Exit 1 while the capture runs.",
+    )
+    replay.add_argument("collection", help="e.g. sophia/postgresql_cdc")
+    replay.add_argument("ids", type=int, nargs="*", help="only these ids (default: all)")
+    replay.set_defaults(handler=replay_quarantined)
 
 
 def drain_captures(args: argparse.Namespace) -> int:
@@ -105,6 +136,104 @@ def read_collection(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     return 0
+
+
+def list_quarantined(args: argparse.Namespace) -> int:
+    import orjson
+
+    from sophia_assets.flow import quarantine
+
+    with _journal() as conn, conn.cursor() as cur:
+        rows = quarantine.listing(cur, args.collection)
+    for row in rows:
+        if args.json:
+            print(orjson.dumps(row.as_dict()).decode())
+        else:
+            loc = row.source.get("loc")
+            print(
+                f"{row.id}\t{row.collection}\t{row.quarantined_at:%Y-%m-%d %H:%M:%S}\t{loc}\t"
+                f"{_shortened(row.reason)}"
+            )
+    if not rows and not args.json:
+        print("nothing quarantined", file=sys.stderr)
+    return 0
+
+
+def show_quarantined(args: argparse.Namespace) -> int:
+    import orjson
+
+    from sophia_assets.flow import quarantine
+
+    with _journal() as conn, conn.cursor() as cur:
+        row = quarantine.one(cur, args.id)
+    if row is None:
+        print(
+            f"no quarantined document {args.id}; `sophia flow quarantine list` has them",
+            file=sys.stderr,
+        )
+        return 1
+    print(orjson.dumps(row.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def replay_quarantined(args: argparse.Namespace) -> int:
+    from sophia_assets.flow import quarantine
+
+    found = _binding_of(args.collection)
+    if found is None:
+        print(
+            f"no capture of this runtime writes {args.collection!r}; "
+            "`sophia catalog validate` prints the lineage",
+            file=sys.stderr,
+        )
+        return 1
+    task, binding = found
+    with _journal() as conn:
+        try:
+            report = quarantine.replay(conn, task, binding, args.ids or None)
+        except quarantine.ReplayRefused as err:
+            print(f"sophia flow quarantine replay: {err}", file=sys.stderr)
+            return 1
+    print(
+        f"{report.collection}: {len(report.published)} published, "
+        f"{len(report.superseded)} dropped (a later change of the key is journaled), "
+        f"{len(report.still_quarantined)} still invalid, "
+        f"{len(report.kept)} kept (a value with no JSON form: fix the source row)"
+    )
+    return 0
+
+
+def _shortened(text: str, width: int = 120) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _journal():
+    """A connection to the platform's Postgres, closed on leaving the `with`."""
+    import contextlib
+
+    import psycopg2
+
+    from sophia_assets.flow import journal
+    from sophia_assets.postgres.embedded_server import postgres_url
+
+    conn = psycopg2.connect(postgres_url())
+    journal.ensure_schema(conn)
+    return contextlib.closing(conn)
+
+
+def _binding_of(collection: str):
+    """(capture task, binding) of the capture that writes `collection`, if any."""
+    from sophia_assets.catalog import load_catalog
+    from sophia_assets.flow.bindings import capture_bindings, capture_settings
+    from sophia_assets.flow.runtime import runnable_captures
+    from sophia_assets.home import flow_specs_dir
+
+    catalog = load_catalog(flow_specs_dir())
+    for capture in runnable_captures(catalog):
+        for binding in capture_bindings(capture, catalog):
+            if binding.collection.name == collection:
+                return capture_settings(capture).task, binding
+    return None
 
 
 def capture_runners(on_batch=None):

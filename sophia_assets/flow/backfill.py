@@ -3,6 +3,8 @@ each chunk followed by a watermark. Until the watermark comes back through the s
 changes to keys inside the chunk are folded into its rows (each change carries the full row,
 so folding in commit order ends at the latest state), changes to keys the backfill has
 passed are emitted, and changes beyond the chunk are dropped (a later chunk reads them).
+A chunk ends at `backfill_chunk_size` rows or at the batch byte limit, whichever comes first,
+so a table of megabyte rows is read in smaller chunks.
 
 Per binding, the capture's checkpoint state is {"backfilled", "cursor" (the text of the
 last key read), and after a reset "reconcile"}: re-backfilled tables then delete the keys
@@ -29,10 +31,12 @@ from sophia_assets.flow.documents import (
     snapshot_meta,
 )
 from sophia_assets.flow.key_order import KeyOrder, output_text
+from sophia_assets.flow.limits import BatchLimits
 from sophia_assets.flow.source import SourceTable
+from sophia_assets.flow.values import problem_of
 from sophia_assets.flow.watermarks import BACKFILL, write_watermark
 
-Row = tuple[tuple, dict[str, Any]]  # (key position, document)
+Row = tuple[tuple, dict[str, Any], str | None]  # (key position, document, problem)
 
 
 def initial_state() -> dict[str, Any]:
@@ -78,21 +82,29 @@ class Chunk:
         for column in change.unchanged:
             if previous is not None and column in previous[1]:
                 document[column] = previous[1][column]
-        self.rows[change.key] = (position, as_snapshot(document))
+        self.rows[change.key] = (position, as_snapshot(document), change.problem)
 
     def changes(self, lsn: int) -> list[Change]:
         """The chunk's rows as creates in key order, located at the watermark's commit."""
         out = []
-        for key, (_position, document) in sorted(self.rows.items(), key=lambda kv: kv[1][0]):
+        for key, (_position, document, problem) in sorted(
+            self.rows.items(), key=lambda kv: kv[1][0]
+        ):
             set_location(document, location(last_commit_end=lsn))
-            out.append(Change(self.binding, CREATE, key, document, (), None, lsn))
+            out.append(Change(self.binding, CREATE, key, document, (), None, lsn, problem=problem))
         return out
 
 
 def read_chunk(
-    cur, settings: CaptureSettings, binding: Binding, table: SourceTable, cursor: list | None
+    cur,
+    settings: CaptureSettings,
+    binding: Binding,
+    table: SourceTable,
+    cursor: list | None,
+    limits: BatchLimits,
 ) -> Chunk:
-    """Reads the rows after `cursor`, then writes the watermark that closes the chunk."""
+    """Reads the rows after `cursor` (up to the chunk size or the byte limit), then writes
+    the watermark that closes the chunk."""
     order = key_order(table, binding)
     keys = order.expressions()
     # Each value as its output function writes it (as pgoutput sends it); aliased, so
@@ -112,22 +124,36 @@ def read_chunk(
     rows: dict[str, Row] = {}
     last_texts: list | None = None
     scan_ms = int(time.time() * 1000)
-    cur.execute(
+    size = 0
+    full = False
+    # A server-side cursor: rows arrive a page at a time, so the byte limit bounds memory.
+    rows_cursor = cur.connection.cursor(name="sophia_backfill", withhold=True)
+    rows_cursor.itersize = 500
+    rows_cursor.execute(
         sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT %s").format(
             select_list, table.identifier, where, keys
         ),
         [*parameters, settings.chunk_size],
     )
-    for row in cur:
-        document = {
-            name: (None if value is None else convert(value))
-            for name, value, convert in zip(table.columns, row, converters, strict=True)
-        }
+    for row in rows_cursor:
+        size += sum(len(value) for value in row if value is not None)
+        problem = None
+        try:
+            document = {
+                name: (None if value is None else convert(value))
+                for name, value, convert in zip(table.columns, row, converters, strict=True)
+            }
+        except ValueError:  # quarantined by the writer; the backfill goes on
+            document, problem = problem_of(table.columns, row, converters)
         key_values = tuple(document[table.columns[i]] for i in key_index)
         last_texts = [row[i] for i in key_index]
         document["_meta"] = snapshot_meta(CREATE, scan_ms, table.namespace, table.name, location())
-        rows[key_text(key_values)] = (order.position(last_texts), document)
-    full = len(rows) == settings.chunk_size
+        rows[key_text(key_values)] = (order.position(last_texts), document, problem)
+        if size >= limits.bytes and len(rows) < settings.chunk_size:
+            full = True  # stopped early: the chunk ends at this row
+            break
+    rows_cursor.close()
+    full = full or len(rows) == settings.chunk_size
     high = order.position(last_texts) if full else None
     watermark = write_watermark(cur, settings, BACKFILL)
     return Chunk(binding, high, last_texts if full else None, rows, watermark)
@@ -139,10 +165,17 @@ def source_keys(cur, binding: Binding, table: SourceTable) -> set[str]:
     key_index = [table.columns.index(k) for k in binding.key_columns]
     columns = sql.SQL(", ").join(output_text(table.columns[i]) for i in key_index)
     cur.execute(sql.SQL("SELECT {} FROM {}").format(columns, table.identifier))
-    return {
-        key_text(tuple(converters[i](v) for i, v in zip(key_index, row, strict=True)))
-        for row in cur
-    }
+    key_converters = [converters[i] for i in key_index]
+    return {key_text(_key_values(row, key_converters)) for row in cur}
+
+
+def _key_values(texts: tuple, converters: list) -> tuple:
+    """A key's values; the Postgres texts when one has no JSON form (as its quarantined
+    documents are keyed)."""
+    try:
+        return tuple(convert(text) for convert, text in zip(converters, texts, strict=True))
+    except ValueError:
+        return texts
 
 
 def reconciling_deletes(

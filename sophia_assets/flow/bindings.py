@@ -84,7 +84,10 @@ def capture_bindings(capture: Capture, catalog: Catalog) -> list[Binding]:
 
 
 def _is_date_time(text: str) -> bool:
-    """RFC 3339 date-time, checked by the C parser rather than fastjsonschema's regex."""
+    """RFC 3339 date-time, checked by the C parser rather than fastjsonschema's regex.
+    Year 0000 is RFC 3339's (and `-infinity`'s, values.py) but not Python's."""
+    if text.startswith("0000-"):
+        text = "0001-" + text[5:]
     try:
         return "T" in text.upper() and datetime.fromisoformat(text).tzinfo is not None
     except ValueError:

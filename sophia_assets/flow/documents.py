@@ -33,6 +33,8 @@ class Change:
     commit_lsn: int
     # For the create of a changed key: the old key, whose document holds the unchanged values.
     carried_from: str | None = None
+    # Why a value has no faithful JSON form (values.py): the document goes to the quarantine.
+    problem: str | None = None
 
 
 def key_text(values: tuple) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -120,7 +121,8 @@ def append(
     name = _copy_text(collection)
     for index, entry in enumerate(entries):
         ts = "\\N" if entry.source_ts_ms is None else _timestamp_text(entry.source_ts_ms)
-        document = texts[id(entry.document)] = _json_copy_text(entry.document)
+        document = texts.get(id(entry.document)) or document_text(entry.document)
+        texts[id(entry.document)] = document
         write(
             f"{name}\t{first_offset + index}\t{_json_copy_text(entry.key)}\t{document}\t"
             f"{entry.commit_lsn}\t{ts}\n"
@@ -178,6 +180,12 @@ def write_reduced(
     )
 
 
+def document_text(document: dict[str, Any]) -> str:
+    """A document as the journal's COPY text. Raises TypeError for one JSON cannot write
+    (nested deeper than orjson's 254 levels, say): the writer quarantines it."""
+    return _json_copy_text(document)
+
+
 def _json_copy_text(value) -> str:
     """JSON as a COPY text field: orjson escapes control characters, so only backslashes
     need doubling."""
@@ -196,8 +204,21 @@ def quarantine(
     cur.execute(
         "INSERT INTO flow.quarantine (collection, document, reason, source) "
         "VALUES (%s, %s, %s, %s)",
-        (collection, orjson.dumps(document).decode(), reason, orjson.dumps(source).decode()),
+        (collection, _quarantined_text(document), reason, orjson.dumps(source).decode()),
     )
+
+
+def _quarantined_text(document: dict[str, Any]) -> str:
+    """The document as JSON, even one orjson cannot write (the standard library nests
+    deeper); failing that, its repr, so that the quarantine never fails the batch."""
+    try:
+        return orjson.dumps(document).decode()
+    except TypeError:
+        pass
+    try:
+        return json.dumps(document, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps({"unwritable": repr(document)})
 
 
 def save_checkpoint(cur, task: str, lsn: str, state: dict[str, Any]) -> None:

@@ -6,6 +6,10 @@ Exactly once: the documents of a batch of source transactions, the reduced view 
 checkpoint (the end LSN of the last transaction) commit in one journal transaction; only then
 is that LSN confirmed to the slot. A restarted capture skips transactions at or before its
 checkpoint, so one that committed but crashed before confirming is not journaled twice.
+
+A transaction too large to hold (limits.py) is journaled in parts before its commit arrives:
+each part's checkpoint keeps the LSN of the last whole transaction and names the open one
+with the number of its changes already written, which a restart skips when it replays it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from sophia_assets.flow.documents import (
     streamed_meta,
 )
 from sophia_assets.flow.key_order import KeyOrder
+from sophia_assets.flow.limits import BatchLimits
 from sophia_assets.flow.pgoutput import UNCHANGED, lsn_int, lsn_text
 from sophia_assets.flow.source import (
     SourceError,
@@ -48,7 +53,7 @@ from sophia_assets.flow.source import (
     slot_status,
 )
 from sophia_assets.flow.tasks import capture_lock
-from sophia_assets.flow.values import Converter, converter
+from sophia_assets.flow.values import Converter, converter, problem_of
 from sophia_assets.flow.watermarks import DRAIN, HEARTBEAT, watermark_of, write_watermark
 from sophia_assets.flow.writer import Batch, JournalWriter
 
@@ -56,13 +61,15 @@ if TYPE_CHECKING:
     from sophia_assets.flow.capture import CaptureReport, CaptureRunner
 
 log = logging.getLogger("sophia.flow")
-MAX_BATCH_DOCUMENTS = 20_000
 IDLE_WAIT_S = 0.5
 # An idle serve writes a watermark this often, so the slot's confirmed position follows the
 # server's WAL (journal writes, other databases) instead of holding it all back.
 HEARTBEAT_S = 30.0
 # A serving capture looks for a rotated source login this often.
 LOGIN_CHECK_S = 1.0
+# The checkpoint state's entry for a transaction journaled in part: {"final_lsn", "written"}.
+# Binding ids hold a dot, so it never names a binding.
+IN_TRANSACTION = "in_transaction"
 
 
 class CaptureBusy(RuntimeError):
@@ -91,6 +98,9 @@ class Transaction:
     skip: bool
     changes: list[Change] = field(default_factory=list)
     marks: list[str] = field(default_factory=list)
+    size: int = 0  # bytes of the row messages behind `changes`
+    routed: int = 0  # changes of bound tables seen so far, journaled in part or not
+    written: int = 0  # of those, how many an earlier run journaled already (skipped)
 
 
 def prepare_slot(cur, settings: CaptureSettings, checkpoint: tuple[str, Any] | None) -> None:
@@ -140,7 +150,7 @@ def _row_document(
     plan: RelationPlan, op: str, values: list, key_values: tuple
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The columns of a replicated tuple (only the key for a delete), and the TOASTed columns
-    left out because they did not change."""
+    left out because they did not change. Raises ValueError for a value with no JSON form."""
     if op == DELETE:
         return {plan.names[i]: key_values[n] for n, i in enumerate(plan.key_index)}, ()
     document: dict[str, Any] = {}
@@ -174,7 +184,10 @@ class Session:
         self.watermark_relid: int | None = None
         self.tx: Transaction | None = None
         self.pending: list[Change] = []
+        self.pending_size = 0
         self.pending_lsn = 0
+        self.limits = BatchLimits.from_env()
+        self.resumed_tx: dict[str, Any] | None = None  # a transaction journaled in part
         self.last_commit_end = 0
         self.chunk: backfill.Chunk | None = None
         self.drain_mark: str | None = None
@@ -194,6 +207,7 @@ class Session:
         if checkpoint:
             self.checkpoint = lsn_int(checkpoint[0])
             self.state = checkpoint[1]
+            self.resumed_tx = self.state.pop(IN_TRANSACTION, None)
         self.last_commit_end = self.checkpoint
         for binding in self.runner.bindings:
             self.state.setdefault(binding.id, backfill.initial_state())
@@ -322,7 +336,7 @@ class Session:
         while message is not None:
             self._handle(message.payload, message.data_start)
             handled += 1
-            if self.tx is None and len(self.pending) >= MAX_BATCH_DOCUMENTS:
+            if self.tx is None and self.limits.full(len(self.pending), self.pending_size):
                 break
             message = self.stream.read_message()
         return handled
@@ -332,13 +346,20 @@ class Session:
         kind = type(message)
         if kind is pgoutput.Begin:
             self.tx = Transaction(message, skip=message.final_lsn < self.checkpoint)
+            resumed = self.resumed_tx
+            if resumed and lsn_int(resumed["final_lsn"]) == message.final_lsn:
+                self.tx.written = resumed["written"]
         elif kind is pgoutput.Commit:
             self._commit(message)
         elif kind is pgoutput.Relation:
             self._relation(message)
         elif kind in (pgoutput.Insert, pgoutput.Update, pgoutput.Delete):
-            if self.tx is not None and not self.tx.skip:
+            tx = self.tx
+            if tx is not None and not tx.skip:
                 self._row_change(message, event_lsn)
+                tx.size += len(payload)
+                if self.limits.full(len(tx.changes), tx.size):
+                    self._flush_part()
         elif kind is pgoutput.Truncate and any(
             r in self.relations and self.relations[r].binding for r in message.relids
         ):
@@ -389,15 +410,29 @@ class Session:
         """The old key of an update that changed it ('K' or 'O' old tuple), else None."""
         if message.old is None:
             return None
-        old = tuple(plan.converters[i](message.old[i]) for i in plan.key_index)
-        new = tuple(plan.converters[i](message.new[i]) for i in plan.key_index)
-        return old if old != new else None
+        old = tuple(message.old[i] for i in plan.key_index)
+        new = tuple(message.new[i] for i in plan.key_index)
+        if old == new:
+            return None
+        try:
+            return tuple(
+                plan.converters[i](text) for i, text in zip(plan.key_index, old, strict=True)
+            )
+        except ValueError:
+            return old  # the key's text: the delete of it is quarantined with the reason
 
     def _emit(
         self, plan: RelationPlan, op: str, values: list, event_lsn: int, carried_from=None
     ) -> None:
-        key_values = tuple(plan.converters[i](values[i]) for i in plan.key_index)
-        document, unchanged = _row_document(plan, op, values, key_values)
+        problem = None
+        try:
+            key_values = tuple(plan.converters[i](values[i]) for i in plan.key_index)
+            document, unchanged = _row_document(plan, op, values, key_values)
+        except ValueError:
+            # Quarantined, not retried: the same value would fail on every replay.
+            document, problem = problem_of(plan.names, values, plan.converters)
+            key_values = tuple(document[plan.names[i]] for i in plan.key_index)
+            unchanged = ()
         begin = self.tx.begin
         relation = plan.relation
         document["_meta"] = streamed_meta(
@@ -417,11 +452,16 @@ class Session:
             begin.commit_ts_ms,
             begin.final_lsn,
             carried_from,
+            problem,
         )
         self._route(change, [values[i] for i in plan.key_index])
 
     def _route(self, change: Change, key_texts: list) -> None:
         """Emit, fold into the chunk in flight, or drop, by where the backfill stands."""
+        tx = self.tx
+        tx.routed += 1
+        if tx.routed <= tx.written:  # journaled before a restart, with the state of then
+            return
         state = self.state[change.binding.id]
         if state["backfilled"]:  # the common case: no key order to work out
             self.tx.changes.append(change)
@@ -439,7 +479,10 @@ class Session:
         if tx is None or tx.skip:
             return
         self.pending.extend(tx.changes)
+        self.pending_size += tx.size
         self.pending_lsn = commit.end_lsn
+        if tx.written:
+            self.resumed_tx = None
         self.last_commit_end = commit.end_lsn
         self.report.transactions += 1
         if self.chunk is not None and self.chunk.watermark in tx.marks:
@@ -461,6 +504,7 @@ class Session:
                 binding,
                 self.tables[binding.id],
                 self.state[binding.id]["cursor"],
+                self.limits,
             )
 
     def _finish_chunk(self, lsn: int) -> None:
@@ -513,13 +557,26 @@ class Session:
         """Hands the pending changes to the journal writer. Without `wait` it does not block
         on a busy writer (unless the batch is full): changes keep gathering meanwhile."""
         if self.pending or self.pending_lsn > self.submitted:
-            block = wait or len(self.pending) >= MAX_BATCH_DOCUMENTS
+            block = wait or self.limits.full(len(self.pending), self.pending_size)
             batch = Batch(self.pending, self.pending_lsn, copy.deepcopy(self.state))
             if self.writer.offer(batch, block=block):
                 self.pending = []
+                self.pending_size = 0
                 self.submitted = self.pending_lsn
         if wait:
             self.writer.finish()
+        self._confirm()
+
+    def _flush_part(self) -> None:
+        """Journals what the open transaction has changed so far (with the whole
+        transactions pending), waiting for room: memory stays bounded however large it is.
+        The checkpoint stays at the last whole transaction; only its commit moves it."""
+        tx = self.tx
+        state = copy.deepcopy(self.state)
+        state[IN_TRANSACTION] = {"final_lsn": lsn_text(tx.begin.final_lsn), "written": tx.routed}
+        self.writer.offer(Batch(self.pending + tx.changes, self.pending_lsn, state), block=True)
+        self.pending, self.pending_size, self.submitted = [], 0, self.pending_lsn
+        tx.changes, tx.size = [], 0
         self._confirm()
 
     def _confirm(self) -> None:

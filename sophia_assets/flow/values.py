@@ -1,10 +1,19 @@
 """Postgres column values, as text (pgoutput and `::text` casts give the same text), turned
 into JSON values faithfully: integers stay integers, numeric keeps every digit (as a string,
-as Estuary does), timestamps become RFC 3339, json/jsonb are parsed, arrays become lists."""
+as Estuary does), timestamps become RFC 3339, json/jsonb are parsed, arrays become lists.
+
+A value that has no faithful JSON form raises `ValueError` saying why: json nested beyond
+the parser's depth, numbers beyond 64-bit precision or float range, U+0000 (no PostgreSQL
+text column downstream can hold it), BC dates and years past 9999. `row_document` turns that
+into a problem for the quarantine. `infinity`/`-infinity` dates and timestamps become the
+ends of RFC 3339's range.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -16,6 +25,7 @@ BOOL = 16
 JSON = {114, 3802}  # json, jsonb
 TIMESTAMPTZ = 1184
 TIMESTAMP = 1114
+DATE = 1082
 # Array type OID -> element type OID.
 ARRAYS = {
     1005: 21,
@@ -51,8 +61,23 @@ def _bool(text: str) -> bool:
     return text == "t"
 
 
+INFINITE_TIMESTAMPS = {"infinity": "9999-12-31T23:59:59Z", "-infinity": "0000-01-01T00:00:00Z"}
+INFINITE_DATES = {"infinity": "9999-12-31", "-infinity": "0000-01-01"}
+# 20 digits: more than any 64-bit integer holds, which is where orjson starts rounding.
+_LONG_DIGITS = re.compile(r"[0-9]{20,}")
+
+
+def _rfc3339_date(text: str) -> None:
+    """RFC 3339 has four-digit years from 0000 on: BC and five-digit years do not fit."""
+    if text.endswith(" BC") or not text[4:5] == "-":
+        raise ValueError(f"{text!r} is outside RFC 3339's years 0000-9999")
+
+
 def _timestamptz(text: str) -> str:
     """`2026-11-24 02:39:50.86+00` -> `2026-11-24T02:39:50.86+00:00`."""
+    if text in INFINITE_TIMESTAMPS:
+        return INFINITE_TIMESTAMPS[text]
+    _rfc3339_date(text)
     date, _, rest = text.partition(" ")
     sign_at = max(rest.rfind("+"), rest.rfind("-"))
     zone = rest[sign_at:]
@@ -62,7 +87,37 @@ def _timestamptz(text: str) -> str:
 
 
 def _timestamp(text: str) -> str:
+    if text in INFINITE_TIMESTAMPS:
+        return INFINITE_TIMESTAMPS[text]
+    _rfc3339_date(text)
     return text.replace(" ", "T", 1)
+
+
+def _date(text: str) -> str:
+    if text in INFINITE_DATES:
+        return INFINITE_DATES[text]
+    _rfc3339_date(text)
+    return text
+
+
+def _json(text: str) -> Any:
+    """Parsed json/jsonb; orjson's errors (depth, lone surrogates, 1e400) are ValueErrors."""
+    value = orjson.loads(text)
+    if _LONG_DIGITS.search(text) and json.loads(text) != value:
+        raise ValueError("a number has more digits than 64 bits hold; JSON readers round it")
+    if "\\u0000" in text and _holds_nul(value):
+        raise ValueError("a string holds U+0000, which no PostgreSQL text value can hold")
+    return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _text(text: str) -> str:
@@ -77,11 +132,13 @@ def converter(type_oid: int) -> Converter:
     if type_oid in FLOATS:
         return _float
     if type_oid in JSON:
-        return orjson.loads
+        return _json
     if type_oid == TIMESTAMPTZ:
         return _timestamptz
     if type_oid == TIMESTAMP:
         return _timestamp
+    if type_oid == DATE:
+        return _date
     if type_oid in ARRAYS:
         element = converter(ARRAYS[type_oid])
         return lambda text: _array(text, element)
@@ -125,3 +182,23 @@ def _array_at(text: str, index: int, element: Converter) -> tuple[list, int]:
         if text[index] == ",":
             index += 1
     return items, index + 1
+
+
+def problem_of(
+    names: Sequence[str], values: Sequence[Any], converters: Sequence[Converter]
+) -> tuple[dict[str, Any], str]:
+    """After a conversion failed: the row with each value that has no faithful form kept as
+    its Postgres text, and the reason naming the first such column. Not on the hot path."""
+    document: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value, convert in zip(names, values, converters, strict=True):
+        if not isinstance(value, str):  # NULL; an unchanged TOASTed value is left out
+            if value is None:
+                document[name] = None
+            continue
+        try:
+            document[name] = convert(value)
+        except ValueError as err:
+            document[name] = value
+            problems.append(f"column {name!r}: {err}")
+    return document, "; ".join(problems) or "no column failed on a second reading"

@@ -163,6 +163,7 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
     reduced: dict[str, tuple[dict | None, int]] = {}
     collection_figures = figures.collections.setdefault(name, CollectionFigures())
     offset = first_offset
+    texts: dict[int, str] = {}  # each document's journal text, by id()
     for change in items:
         previous = current.get(change.key)
         document = change.document
@@ -171,16 +172,18 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
             _carry_unchanged(document, change.unchanged, source, name, change.key)
         if change.op == UPDATE and previous is not None:
             set_before(document, previous)
-        try:
-            binding.validate(document)
-        except fastjsonschema.JsonSchemaException as err:
-            journal.quarantine(
-                cur,
-                name,
-                document,
-                f"schema: {err.message}",
-                source_of(document),
-            )
+        reason = change.problem and f"value: {change.problem}"
+        if reason is None:
+            try:
+                binding.validate(document)
+                texts[id(document)] = journal.document_text(document)
+            except fastjsonschema.JsonSchemaException as err:
+                reason = f"schema: {err.message}"
+            except TypeError as err:
+                reason = f"not writable as JSON: {err}"
+        if reason is not None:
+            # Confirmed past like any change: a permanent error is kept, never retried.
+            journal.quarantine(cur, name, document, reason, source_of(document))
             collection_figures.quarantined += 1
             continue
         after = binding.reducer.reduce(previous, document)
@@ -191,7 +194,6 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
         reduced[change.key] = (after, offset)
         offset += 1
     if entries:
-        texts: dict[int, str] = {}
         journal.append(cur, name, first_offset, entries, texts)
         journal.write_reduced(cur, name, reduced, existing, texts)
         collection_figures.documents += len(entries)

@@ -3,7 +3,10 @@ chunks, SQL shortcuts, and the comparison of a collection with its source table.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -159,11 +162,29 @@ def _row(row: tuple) -> dict[str, Any]:
 
 
 def duplicated_changes(url: str, collection: str = COLLECTION) -> list[tuple]:
-    """Source changes (by event LSN) that appear more than once in the journal."""
+    """Source changes (by event LSN and op: a key change is a create and a delete at one
+    LSN) that appear more than once in the journal."""
     return sql(
         url,
-        "SELECT document #>> '{_meta,source,loc,1}', count(*) FROM flow.journal "
+        "SELECT document #>> '{_meta,source,loc,1}', document #>> '{_meta,op}', count(*) "
+        "FROM flow.journal "
         "WHERE collection = %s AND document #> '{_meta,source,snapshot}' IS NULL "
-        "GROUP BY 1 HAVING count(*) > 1",
+        "GROUP BY 1, 2 HAVING count(*) > 1",
         params=(collection,),
+    )
+
+
+def flow_process(
+    url: str, specs: Path, *verb: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`sophia flow serve` (or another flow verb) on the catalog copy, as its own process:
+    what a test kills with SIGKILL."""
+    sophia = Path(sys.executable).parent / "sophia"
+    env = {**os.environ, **(env or {}), "SOPHIA_POSTGRES_URL": url, "SOPHIA_FLOW_SPECS": str(specs)}
+    return subprocess.Popen(
+        [str(sophia), "flow", *(verb or ["serve"])],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
