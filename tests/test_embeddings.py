@@ -87,6 +87,27 @@ def test_long_text_is_split_into_overlapping_slices(embedder) -> None:
     assert embedder.chunks("short text") == ["short text"]
 
 
+def test_a_huge_title_is_not_copied_into_every_chunks_vector(
+    source: str, catalog, embedder
+) -> None:
+    title = " ".join(f"heading{i}" for i in range(4_000))  # ~40 kB, dozens of chunks
+    sql(source, "INSERT INTO documents (id, title, body) VALUES (1, %s, 'short')", params=(title,))
+    _pipeline(source, catalog, embedder)
+    rows = sql(
+        source,
+        "SELECT length(document::text), document -> 'metadata' ->> 'title' FROM flow.journal "
+        "WHERE collection = %s",
+        params=(UPDATES,),
+    )
+    chunks = len(embedder.chunks(f"{title}\n\nshort"))
+    assert len(rows) == chunks > 20
+    assert all(
+        len(t) <= 1_000 and t.endswith(" [cut]") and title.startswith(t[:-6]) for _, t in rows
+    )
+    # each vector document is the vector and bounded metadata, whatever the title's length
+    assert max(size for size, _ in rows) < 12_000
+
+
 def test_index_follows_every_kind_of_change(source: str, catalog, embedder) -> None:
     long_body = " ".join(f"Paragraph {i} explains step {i} of the procedure." for i in range(150))
     sql(

@@ -129,6 +129,7 @@ def vector_index_asset(spec: dg.AssetSpec, source: str, index_name: str) -> dg.A
                 "applied_offset": report.applied_offset,
                 "upserts": report.upserts,
                 "deletes": report.deletes,
+                "quarantined": report.quarantined,
                 "lag_documents": report.lag_documents,
                 "lag_seconds": report.lag_seconds or 0.0,
                 "backend": type(index).__name__,

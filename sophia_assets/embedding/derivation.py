@@ -31,6 +31,10 @@ from sophia_assets.flow.writer import CollectionFigures, write_changes
 
 log = logging.getLogger("sophia.embedding")
 BATCH_DOCUMENTS = 256
+# Every chunk's vector carries the title in its metadata: uncapped, a megabyte title cut into
+# thousands of chunks would be copied into each, memory growing with the square of its size.
+TITLE_CHARS = 1_000
+TITLE_CUT = " [cut]"
 
 
 @dataclass
@@ -63,6 +67,14 @@ class Pending:
     deleted: bool
     text: str = ""
     content_hash: str = ""
+
+    @property
+    def title(self) -> str:
+        """The title for the vectors' metadata, at most TITLE_CHARS (then ending in TITLE_CUT)."""
+        title = str(self.document.get("title") or "")
+        if len(title) <= TITLE_CHARS:
+            return title
+        return title[: TITLE_CHARS - len(TITLE_CUT)] + TITLE_CUT
 
 
 class VectorUpdates:
@@ -191,7 +203,7 @@ class VectorUpdates:
             "metadata": {
                 "source_key": item.key_value,
                 "chunk": chunk,
-                "title": str(item.document.get("title") or ""),
+                "title": item.title,
                 "content_hash": item.content_hash,
                 "model": model,
                 "source_ts_ms": ts,

@@ -1,5 +1,7 @@
 """Keeps a vector index equal to `sophia/vector_updates`: applies the journal, in order, from
-the offset the index has applied, upserts and deletes alike."""
+the offset the index has applied, upserts and deletes alike. A record the index refuses for
+good (RecordsRejected) goes to `flow.quarantine` with the index's reason, and the sync goes on
+with the rest."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import psycopg2
 
 from sophia_assets.flow import journal
 from sophia_assets.flow.documents import is_delete
-from sophia_assets.vectors import VectorIndex, VectorRecord
+from sophia_assets.vectors import RecordsRejected, VectorIndex, VectorRecord
 
 BATCH_DOCUMENTS = 1000
 
@@ -21,6 +23,7 @@ class SyncReport:
     upserts: int = 0
     deletes: int = 0
     batches: int = 0
+    quarantined: int = 0
     lag_documents: int = 0
     lag_seconds: float | None = None
 
@@ -43,16 +46,20 @@ def sync_index(
                 )
             if not rows:
                 break
-            latest: dict[str, dict] = {}
-            for _, document in rows:  # later documents of an id replace earlier ones
-                latest[document["embedding_id"]] = document
+            latest: dict[str, tuple[int, dict]] = {}
+            for offset, document in rows:  # later documents of an id replace earlier ones
+                latest[document["embedding_id"]] = (offset, document)
             upserts = [
                 VectorRecord(i, d["vector"], d.get("metadata") or {})
-                for i, d in latest.items()
+                for i, (_, d) in latest.items()
                 if not is_delete(d)
             ]
-            deletes = [i for i, d in latest.items() if is_delete(d)]
-            index.apply(upserts, deletes, rows[-1][0])
+            deletes = [i for i, (_, d) in latest.items() if is_delete(d)]
+            try:
+                index.apply(upserts, deletes, rows[-1][0])
+            except RecordsRejected:
+                upserts = _accepted(index, upserts, latest, conn, collection, report)
+                index.apply(upserts, deletes, rows[-1][0])
             report.applied_offset = rows[-1][0]
             report.upserts += len(upserts)
             report.deletes += len(deletes)
@@ -76,3 +83,33 @@ def sync_index(
     finally:
         conn.close()
     return report
+
+
+def _accepted(
+    index: VectorIndex,
+    upserts: list[VectorRecord],
+    latest: dict[str, tuple[int, dict]],
+    conn,
+    collection: str,
+    report: SyncReport,
+) -> list[VectorRecord]:
+    """The batch's records the index takes, tried one at a time; each one it refuses is
+    quarantined with the reason (before the offset moves past it: never lost)."""
+    accepted = []
+    for record in upserts:
+        try:
+            index.apply([record], [], report.applied_offset)
+        except RecordsRejected as err:
+            offset, document = latest[record.id]
+            with conn, conn.cursor() as cur:
+                journal.quarantine(
+                    cur,
+                    collection,
+                    document,
+                    f"index {index.name}: {err}",
+                    {"collection": collection, "offset": offset},
+                )
+            report.quarantined += 1
+            continue
+        accepted.append(record)
+    return accepted

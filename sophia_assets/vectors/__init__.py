@@ -2,6 +2,12 @@
 and Pinecone (production). Each keeps an index equal to `sophia/vector_updates` and remembers
 the journal offset it has applied."""
 
-from sophia_assets.vectors.index import IndexStats, Match, VectorIndex, VectorRecord
+from sophia_assets.vectors.index import (
+    IndexStats,
+    Match,
+    RecordsRejected,
+    VectorIndex,
+    VectorRecord,
+)
 
-__all__ = ["IndexStats", "Match", "VectorIndex", "VectorRecord"]
+__all__ = ["IndexStats", "Match", "RecordsRejected", "VectorIndex", "VectorRecord"]

@@ -11,6 +11,11 @@ from typing import Any
 from sophia_assets.vectors.offsets import AppliedOffsets, Connect
 
 
+class RecordsRejected(Exception):
+    """The index refused a batch for good: a record it cannot hold (wrong dimension, say),
+    not a fault a retry mends. The sync finds which records and quarantines them."""
+
+
 @dataclass(frozen=True)
 class VectorRecord:
     id: str

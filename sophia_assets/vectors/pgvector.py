@@ -7,10 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg2
 from psycopg2 import sql
 
 from sophia_assets.flow import journal
-from sophia_assets.vectors.index import IndexStats, Match, VectorIndex, VectorRecord
+from sophia_assets.vectors.index import (
+    IndexStats,
+    Match,
+    RecordsRejected,
+    VectorIndex,
+    VectorRecord,
+)
 from sophia_assets.vectors.offsets import Connect
 
 SCHEMA = "vectors"
@@ -62,6 +69,8 @@ class PgVectorIndex(VectorIndex):
                         page_size=1000,
                     )
                 self.offsets.store_in(cur, offset)
+        except psycopg2.DataError as err:  # a value the column refuses: the same every time
+            raise RecordsRejected(f"pgvector: {(err.pgerror or str(err)).strip()}") from err
         finally:
             conn.close()
 

@@ -8,7 +8,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from sophia_assets.backoff import Backoff, retry
-from sophia_assets.vectors.index import IndexStats, Match, VectorIndex, VectorRecord
+from sophia_assets.vectors.index import (
+    IndexStats,
+    Match,
+    RecordsRejected,
+    VectorIndex,
+    VectorRecord,
+)
 from sophia_assets.vectors.offsets import Connect
 
 T = TypeVar("T")
@@ -52,7 +58,14 @@ class PineconeIndex(VectorIndex):
             vectors = [
                 {"id": r.id, "values": r.values, "metadata": _flat(r.metadata)} for r in batch
             ]
-            self._retry(lambda v=vectors: self._index.upsert(vectors=v, namespace=self.namespace))
+            try:
+                self._retry(
+                    lambda v=vectors: self._index.upsert(vectors=v, namespace=self.namespace)
+                )
+            except Exception as err:
+                if _status(err) == 400:  # the request is malformed for good: a record's fault
+                    raise RecordsRejected(f"pinecone: {_reason(err)}") from err
+                raise
         for start in range(0, len(deletes), MAX_IDS):
             ids = deletes[start : start + MAX_IDS]
             self._retry(lambda i=ids: self._index.delete(ids=i, namespace=self.namespace))
@@ -98,10 +111,22 @@ class PineconeIndex(VectorIndex):
         return retry(call, _throttled_or_failed, self.retries, Backoff(0.2, 5.0))
 
 
+def _status(err: Exception) -> int | None:
+    """The HTTP status of an SDK error; its exception classes vary by transport."""
+    return getattr(err, "status", None) or getattr(err, "status_code", None)
+
+
 def _throttled_or_failed(err: Exception) -> bool:
-    """429 and 5xx are worth retrying; the SDK's exception classes vary by transport."""
-    status = getattr(err, "status", None) or getattr(err, "status_code", None)
+    """429 and 5xx are worth retrying."""
+    status = _status(err)
     return status == 429 or (status or 0) >= 500
+
+
+def _reason(err: Exception) -> str:
+    """What Pinecone said: the response body only (never the request or its headers)."""
+    body = getattr(err, "body", None)
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    return (text or f"HTTP {_status(err)}")[:500]
 
 
 def batches(
