@@ -3,6 +3,7 @@ quarantine, and the reduced view equal to the source."""
 
 from __future__ import annotations
 
+import logging
 import random
 import string
 import time
@@ -202,3 +203,22 @@ def test_capture_resumes_from_its_checkpoint(source: str, catalog) -> None:
         if confirmed == checkpoint or time.monotonic() > deadline:
             break
     assert confirmed == checkpoint
+
+
+def test_backfill_chunks_end_at_the_byte_limit(
+    source: str, catalog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten 1 MB rows under a 2 MB limit: chunks of two rows, not one chunk of all ten."""
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) "
+        "SELECT g, 't', repeat(md5(g::text), 32768) FROM generate_series(1, 10) g",
+    )
+    monkeypatch.setenv("SOPHIA_FLOW_BATCH_MB", "2")
+    with caplog.at_level(logging.INFO, logger="sophia.flow"):
+        runner(source, catalog).drain()
+    chunks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backfill of")]
+    assert chunks[:5] == [
+        f"backfill of public.documents: 2 rows, up to key ['{2 * n}']" for n in range(1, 6)
+    ]
+    assert sorted(reduced_state(source)) == list(range(1, 11))
