@@ -32,6 +32,7 @@ BAD_ROWS = {
     10: ("price = 'NaN'", {"price": "NaN"}),
     11: ("due = 'infinity'", {"due": "9999-12-31"}),
     12: ('extra = \'{"deep": [[[1]]], "big": 18446744073709551615}\'', None),
+    13: ("extra = '\"\\ud800\"'", "column 'extra'"),  # a lone surrogate: valid json text
 }
 
 
