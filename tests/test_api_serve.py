@@ -27,7 +27,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def source(postgres_url: str) -> Iterator[str]:
-    """One database for the module: 150 demo documents, captured, embedded and indexed."""
+    """One database for the module: 100 demo documents, captured, embedded and indexed."""
     url = new_database(postgres_url)
     yield url
     drop_database(url)
@@ -38,7 +38,7 @@ def served(source: str, tmp_path_factory, shared_home: Path) -> Iterator[ServedA
     from sophia_assets.demo.corpus import load_corpus
     from sophia_assets.demo.seed import seed_documents
 
-    seed_documents(source, load_corpus(shared_home / "cache"), rows=150)
+    seed_documents(source, load_corpus(shared_home / "cache"), rows=100)
     catalog = load(catalog_copy(tmp_path_factory.mktemp("catalog")))
     runner(source, catalog).drain()
     embedder = Embedder(ModelCard.read(default_model_path()), device="cpu", backend="auto")
