@@ -109,6 +109,9 @@ def run_cdc_bench(
     big_tx_rows: int = 0,
     say=print,
 ) -> CdcFigures:
+    # First, while this process's peak RSS is still the set-up's; in a database of its own,
+    # so the phases below run on empty journals as they always have.
+    big = _big_transaction(catalog, platform_url, big_tx_rows, say) if big_tx_rows else None
     capture, catalog = scratch_capture(catalog)
     publication = capture.connector.config["advanced"]["publicationName"]
     floor_slot = f"floor_{uuid.uuid4().hex[:8]}"
@@ -120,18 +123,15 @@ def run_cdc_bench(
 
         runner = new_runner()
         runner.drain()  # slot, publication, empty backfill: set-up is not measured
-        # First, while this process's peak RSS is still the set-up's.
-        big = _big_transaction(runner, url, big_tx_rows, say) if big_tx_rows else None
         _sql(url, f"SELECT pg_create_logical_replication_slot('{floor_slot}', 'pgoutput')")
 
         say(f"writing {rows} rows in transactions of 10,000...")
-        id_base = big_tx_rows
         for first in range(0, rows, 10_000):
             _sql(
                 url,
                 "INSERT INTO documents (id, title, body) SELECT g, 'bulk ' || g, "
                 "repeat('lorem ipsum ', 10) || g FROM generate_series(%s, %s) g",
-                (id_base + first + 1, id_base + min(rows, first + 10_000)),
+                (first + 1, min(rows, first + 10_000)),
             )
         end_lsn = _sql(url, "SELECT pg_current_wal_lsn()::text")[0][0]
 
@@ -142,9 +142,7 @@ def run_cdc_bench(
 
         # Steady state: the bulk phase's vacuum and checkpoint are not the latency phase's.
         _settle(url)
-        latency = _steady_latency(
-            new_runner, url, rate, seconds, first_id=id_base + rows + 1, say=say
-        )
+        latency = _steady_latency(new_runner, url, rate, seconds, first_id=rows + 1, say=say)
     return CdcFigures(
         rows,
         floor,
@@ -162,19 +160,26 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _big_transaction(runner, url: str, rows: int, say) -> tuple[int, float, int, float, float]:
+def _big_transaction(
+    catalog: Catalog, platform_url: str, rows: int, say
+) -> tuple[int, float, int, float, float]:
     """One source transaction of `rows` inserts, drained: (rows, seconds, documents
     journaled, peak RSS before, peak RSS after)."""
-    say(f"writing one transaction of {rows:,} rows...")
-    _sql(
-        url,
-        "INSERT INTO documents (id, title, body) SELECT g, 'big ' || g, "
-        "repeat('lorem ipsum ', 10) || g FROM generate_series(1, %s) g",
-        (rows,),
-    )
-    before = _peak_rss_mb()
-    seconds = _time(runner.drain)
-    (documents,) = _sql(url, "SELECT count(*) FROM flow.journal")[0]
+    capture, catalog = scratch_capture(catalog)
+    with scratch_database(platform_url, "cdc_big") as url:
+        _sql(url, BENCH_TABLE_DDL)
+        runner = CaptureRunner(capture, catalog, url, url)
+        runner.drain()
+        say(f"writing one transaction of {rows:,} rows...")
+        _sql(
+            url,
+            "INSERT INTO documents (id, title, body) SELECT g, 'big ' || g, "
+            "repeat('lorem ipsum ', 10) || g FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        before = _peak_rss_mb()
+        seconds = _time(runner.drain)
+        (documents,) = _sql(url, "SELECT count(*) FROM flow.journal")[0]
     say(f"one transaction of {rows:,} rows: {documents:,} documents in {seconds:.2f} s")
     return rows, seconds, documents, before, _peak_rss_mb()
 
