@@ -160,10 +160,13 @@ def _wait_streaming(url: str, process) -> None:
     workload=WORKLOADS,
     seeded=st.lists(OPS.filter(lambda op: op.kind == "insert"), max_size=20),
     kills=st.sets(st.integers(0, 29), max_size=3),
+    # 3: nearly every transaction is journaled in parts (limits.py), each part a checkpoint
+    batch=st.sampled_from(["3", "20000"]),
 )
 def test_any_workload_killed_anywhere_ends_equal_and_journaled_once(
-    postgres_url: str, workload: list[list[Op]], seeded: list[Op], kills: set[int]
+    postgres_url: str, workload: list[list[Op]], seeded: list[Op], kills: set[int], batch: str
 ) -> None:
+    limits = {"SOPHIA_FLOW_BATCH_DOCUMENTS": batch}
     url = new_database(postgres_url)
     with tempfile.TemporaryDirectory() as root:
         try:
@@ -174,7 +177,7 @@ def test_any_workload_killed_anywhere_ends_equal_and_journaled_once(
                 for serial, op in enumerate(seeded):
                     _apply(cur, op, -serial)
             conn.commit()
-            process = flow_process(url, specs)
+            process = flow_process(url, specs, env=limits)
             _wait_streaming(url, process)
             for index, transaction in enumerate(workload):
                 with conn.cursor() as cur:
@@ -184,7 +187,7 @@ def test_any_workload_killed_anywhere_ends_equal_and_journaled_once(
                 if index in kills:
                     process.send_signal(signal.SIGKILL)
                     process.communicate()
-                    process = flow_process(url, specs)
+                    process = flow_process(url, specs, env=limits)
                     _wait_streaming(url, process)
             process.send_signal(signal.SIGKILL)
             _, err = process.communicate()
