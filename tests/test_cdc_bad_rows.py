@@ -33,6 +33,13 @@ BAD_ROWS = {
     11: ("due = 'infinity'", {"due": "9999-12-31"}),
     12: ('extra = \'{"deep": [[[1]]], "big": 18446744073709551615}\'', None),
     13: ("extra = '\"\\ud800\"'", "column 'extra'"),  # a lone surrogate: valid json text
+    # deep enough to overflow Python's recursion where orjson does not
+    14: ("attrs = (repeat('[', 1000) || repeat(']', 1000))::jsonb", "not writable as JSON"),
+    15: (
+        "attrs = (repeat('[', 1000) || '123456789012345678901234' || repeat(']', 1000))::jsonb",
+        "nested too deep",
+    ),
+    16: ("extra = (repeat('[', 600) || '\"\\u0000\"' || repeat(']', 600))::json", "U+0000"),
 }
 
 

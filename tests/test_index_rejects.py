@@ -15,7 +15,7 @@ from resources.postgres import PostgresResource
 from resources.vector_index import PineconeResource
 from sophia_assets.embedding.index_sync import sync_index
 from sophia_assets.flow import journal
-from sophia_assets.vectors import VectorIndex
+from sophia_assets.vectors import RecordsRejected, VectorIndex
 from sophia_assets.vectors.pgvector import PgVectorIndex
 from tests.support.cdc import drop_database, new_database, sql
 from tests.support.contract_servers.pinecone import PineconeContractServer
@@ -80,3 +80,15 @@ def test_a_rejected_record_is_quarantined_and_the_sync_goes_on(url: str, index) 
     again = sync_index(index, url)  # past them for good: nothing retried, nothing doubled
     assert (again.upserts, again.quarantined) == (0, 0)
     assert len(sql(url, "SELECT id FROM flow.quarantine")) == 2
+
+
+def test_an_index_that_refuses_a_whole_batch_fails_the_sync_and_keeps_the_stream(
+    url: str,
+) -> None:
+    """Every record refused: the index is wrong, not the records; nothing is quarantined
+    and the offset stays, so the vectors are applied once the index is fixed."""
+    index = PgVectorIndex(lambda: psycopg2.connect(url), dimension=DIMENSION + 1)
+    with pytest.raises(RecordsRejected, match="refused all 3 records"):
+        sync_index(index, url, batch_documents=3)
+    assert sql(url, "SELECT count(*) FROM flow.quarantine") == [(0,)]
+    assert index.applied_offset() == -1

@@ -94,22 +94,33 @@ def _accepted(
     report: SyncReport,
 ) -> list[VectorRecord]:
     """The batch's records the index takes, tried one at a time; each one it refuses is
-    quarantined with the reason (before the offset moves past it: never lost)."""
+    quarantined with the reason (before the offset moves past it: never lost). When it
+    refuses every record of a batch of several, the index itself is wrong (its dimension,
+    say): that fails the sync, with nothing quarantined, instead of emptying the stream."""
+    refused: list[tuple[VectorRecord, RecordsRejected]] = []
     accepted = []
     for record in upserts:
         try:
             index.apply([record], [], report.applied_offset)
         except RecordsRejected as err:
-            offset, document = latest[record.id]
-            with conn, conn.cursor() as cur:
-                journal.quarantine(
-                    cur,
-                    collection,
-                    document,
-                    f"index {index.name}: {err}",
-                    {"collection": collection, "offset": offset},
-                )
-            report.quarantined += 1
+            refused.append((record, err))
             continue
         accepted.append(record)
+    if len(refused) > 1 and not accepted:
+        raise RecordsRejected(
+            f"index {index.name} refused all {len(refused)} records of a batch, e.g. "
+            f"{refused[0][0].id}: {refused[0][1]}; check the index against the model "
+            "(dimension, metric) before syncing again"
+        )
+    for record, err in refused:
+        offset, document = latest[record.id]
+        with conn, conn.cursor() as cur:
+            journal.quarantine(
+                cur,
+                collection,
+                document,
+                f"index {index.name}: {err}",
+                {"collection": collection, "offset": offset},
+            )
+        report.quarantined += 1
     return accepted

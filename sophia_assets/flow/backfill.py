@@ -124,39 +124,54 @@ def read_chunk(
     rows: dict[str, Row] = {}
     last_texts: list | None = None
     scan_ms = int(time.time() * 1000)
-    size = 0
-    full = False
-    # A server-side cursor: rows arrive a page at a time, so the byte limit bounds memory.
-    rows_cursor = cur.connection.cursor(name="sophia_backfill", withhold=True)
-    rows_cursor.itersize = 500
-    rows_cursor.execute(
-        sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT %s").format(
-            select_list, table.identifier, where, keys
-        ),
-        [*parameters, settings.chunk_size],
+    query = sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT %s").format(
+        select_list, table.identifier, where, keys
     )
-    for row in rows_cursor:
-        size += sum(len(value) for value in row if value is not None)
+    scanned, cut = _scan(cur.connection, query, [*parameters, settings.chunk_size], limits)
+    for row in scanned:
         problem = None
         try:
             document = {
                 name: (None if value is None else convert(value))
                 for name, value, convert in zip(table.columns, row, converters, strict=True)
             }
-        except ValueError:  # quarantined by the writer; the backfill goes on
+        except (ValueError, RecursionError):  # quarantined by the writer; the backfill goes on
             document, problem = problem_of(table.columns, row, converters)
         key_values = tuple(document[table.columns[i]] for i in key_index)
         last_texts = [row[i] for i in key_index]
         document["_meta"] = snapshot_meta(CREATE, scan_ms, table.namespace, table.name, location())
         rows[key_text(key_values)] = (order.position(last_texts), document, problem)
-        if size >= limits.bytes and len(rows) < settings.chunk_size:
-            full = True  # stopped early: the chunk ends at this row
-            break
-    rows_cursor.close()
-    full = full or len(rows) == settings.chunk_size
+    # Rows read, not keys: two rows may share a key text (a date `infinity` and 9999-12-31).
+    full = cut or len(scanned) == settings.chunk_size
     high = order.position(last_texts) if full else None
     watermark = write_watermark(cur, settings, BACKFILL)
     return Chunk(binding, high, last_texts if full else None, rows, watermark)
+
+
+def _scan(conn, query, parameters: list, limits: BatchLimits) -> tuple[list[tuple], bool]:
+    """The query's rows up to the byte limit, and whether it cut them there. A server-side
+    cursor in a read transaction of its own, fetched in pages sized to what is left of the
+    budget: neither this process nor the server holds more than that (a WITH HOLD cursor
+    would have the server copy the whole result first)."""
+    rows: list[tuple] = []
+    size = 0
+    page = 16
+    autocommit, conn.autocommit = conn.autocommit, False
+    try:
+        with conn.cursor(name="sophia_backfill") as scan:
+            scan.execute(query, parameters)
+            while batch := scan.fetchmany(page):
+                for row in batch:
+                    rows.append(row)
+                    size += sum(len(value) for value in row if value is not None)
+                    if size >= limits.bytes:
+                        return rows, True
+                left = (limits.bytes - size) * len(rows) // max(size, 1)  # rows that fit
+                page = max(1, min(1000, left // 4))
+        return rows, False
+    finally:
+        conn.rollback()  # ends the read transaction
+        conn.autocommit = autocommit
 
 
 def source_keys(cur, binding: Binding, table: SourceTable) -> set[str]:

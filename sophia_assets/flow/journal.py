@@ -210,7 +210,8 @@ def quarantine(
 
 def _quarantined_text(document: dict[str, Any]) -> str:
     """The document as JSON, even one orjson cannot write (the standard library nests
-    deeper); failing that, its repr, so that the quarantine never fails the batch."""
+    deeper); failing that, with each field it cannot write replaced by a note, so that the
+    quarantine never fails the batch."""
     try:
         return orjson.dumps(document).decode()
     except TypeError:
@@ -218,7 +219,15 @@ def _quarantined_text(document: dict[str, Any]) -> str:
     try:
         return json.dumps(document, default=str)
     except (TypeError, ValueError, RecursionError):
-        return json.dumps({"unwritable": repr(document)})
+        return json.dumps({key: _writable(value) for key, value in document.items()})
+
+
+def _writable(value: Any) -> Any:
+    try:
+        json.dumps(value, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return "(not kept: nested too deep to write as JSON)"
+    return value
 
 
 def save_checkpoint(cur, task: str, lsn: str, state: dict[str, Any]) -> None:

@@ -357,9 +357,10 @@ class Session:
             tx = self.tx
             if tx is not None and not tx.skip:
                 self._row_change(message, event_lsn)
-                tx.size += len(payload)
-                if self.limits.full(len(tx.changes), tx.size):
-                    self._flush_part()
+                if tx.routed > tx.written:  # a replayed prefix is skipped, and not counted
+                    tx.size += len(payload)
+                    if self.limits.full(len(tx.changes), tx.size):
+                        self._flush_part()
         elif kind is pgoutput.Truncate and any(
             r in self.relations and self.relations[r].binding for r in message.relids
         ):
@@ -428,7 +429,7 @@ class Session:
         try:
             key_values = tuple(plan.converters[i](values[i]) for i in plan.key_index)
             document, unchanged = _row_document(plan, op, values, key_values)
-        except ValueError:
+        except (ValueError, RecursionError):
             # Quarantined, not retried: the same value would fail on every replay.
             document, problem = problem_of(plan.names, values, plan.converters)
             key_values = tuple(document[plan.names[i]] for i in plan.key_index)
@@ -573,7 +574,8 @@ class Session:
         The checkpoint stays at the last whole transaction; only its commit moves it."""
         tx = self.tx
         state = copy.deepcopy(self.state)
-        state[IN_TRANSACTION] = {"final_lsn": lsn_text(tx.begin.final_lsn), "written": tx.routed}
+        written = max(tx.routed, tx.written)  # never less than an earlier run wrote
+        state[IN_TRANSACTION] = {"final_lsn": lsn_text(tx.begin.final_lsn), "written": written}
         self.writer.offer(Batch(self.pending + tx.changes, self.pending_lsn, state), block=True)
         self.pending, self.pending_size, self.submitted = [], 0, self.pending_lsn
         tx.changes, tx.size = [], 0

@@ -103,20 +103,34 @@ def _date(text: str) -> str:
 def _json(text: str) -> Any:
     """Parsed json/jsonb; orjson's errors (depth, lone surrogates, 1e400) are ValueErrors."""
     value = orjson.loads(text)
-    if _LONG_DIGITS.search(text) and json.loads(text) != value:
+    if _LONG_DIGITS.search(text) and _exact(text) != value:
         raise ValueError("a number has more digits than 64 bits hold; JSON readers round it")
     if "\\u0000" in text and _holds_nul(value):
         raise ValueError("a string holds U+0000, which no PostgreSQL text value can hold")
     return value
 
 
+def _exact(text: str) -> Any:
+    """The value with exact integers (the standard library's parser), for comparison."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deep to check its numbers") from None
+
+
 def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
+    """Whether any string (key or value) holds U+0000; iterative: values nest 1,024 deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -198,7 +212,7 @@ def problem_of(
             continue
         try:
             document[name] = convert(value)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             document[name] = value
             problems.append(f"column {name!r}: {err}")
     return document, "; ".join(problems) or "no column failed on a second reading"

@@ -179,7 +179,7 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
                 texts[id(document)] = journal.document_text(document)
             except fastjsonschema.JsonSchemaException as err:
                 reason = f"schema: {err.message}"
-            except TypeError as err:
+            except (TypeError, RecursionError) as err:
                 reason = f"not writable as JSON: {err}"
         if reason is not None:
             # Confirmed past like any change: a permanent error is kept, never retried.
