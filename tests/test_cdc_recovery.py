@@ -440,3 +440,43 @@ def test_a_transaction_killed_while_journaled_in_parts_loses_and_doubles_nothing
     assert _streamed(source) == expected
     assert duplicated_changes(source) == []
     assert reduced_state(source) == source_state(source)
+
+
+def _written(url: str) -> int | None:
+    rows = sql(url, "SELECT (state -> 'in_transaction' ->> 'written')::int FROM flow.checkpoints")
+    return rows[0][0] if rows else None
+
+
+def test_a_restart_inside_a_transaction_never_lowers_its_written_count(
+    source: str, tmp_path: Path
+) -> None:
+    """Parts cut by bytes: the prefix a restart skips must not count toward the next part,
+    or that part's checkpoint would claim fewer changes written, and a second crash would
+    journal the difference twice."""
+    specs = catalog_copy(tmp_path)
+    runner(source, load(specs)).drain()
+    sql(
+        source,
+        "INSERT INTO documents (id, title, body) SELECT g, 't', repeat('x', 600) "
+        "FROM generate_series(1, 20000) g",
+    )
+    limits = {"SOPHIA_FLOW_BATCH_MB": "1", "SOPHIA_FLOW_BATCH_DOCUMENTS": "1000000"}
+    first = _serve(source, specs, "drain", env=limits)
+    try:
+        while (_written(source) or 0) < 6_000 and first.poll() is None:
+            pass
+        assert first.poll() is None, "the drain ended before it could be killed"
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.communicate()
+    before = _written(source)
+    seen = []
+    restart = _serve(source, specs, "drain", env=limits)
+    while restart.poll() is None:
+        seen.append(_written(source))
+    assert restart.wait() == 0, restart.stderr.read()[-2000:]
+    parts = [w for w in seen if w is not None]
+    assert parts == sorted(parts) and all(w >= before for w in parts), (before, parts)
+    assert duplicated_changes(source) == []
+    assert reduced_state(source) == source_state(source)
