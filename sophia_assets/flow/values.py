@@ -4,7 +4,7 @@ as Estuary does), timestamps become RFC 3339, json/jsonb are parsed, arrays beco
 
 A value that has no faithful JSON form raises `ValueError` saying why: json nested beyond
 the parser's depth, numbers beyond 64-bit precision or float range, U+0000 (no PostgreSQL
-text column downstream can hold it), BC dates and years past 9999. `row_document` turns that
+text column downstream can hold it), BC dates and years past 9999. `problem_of` turns that
 into a problem for the quarantine. `infinity`/`-infinity` dates and timestamps become the
 ends of RFC 3339's range.
 """
@@ -202,7 +202,7 @@ def problem_of(
     names: Sequence[str], values: Sequence[Any], converters: Sequence[Converter]
 ) -> tuple[dict[str, Any], str]:
     """After a conversion failed: the row with each value that has no faithful form kept as
-    its Postgres text, and the reason naming the first such column. Not on the hot path."""
+    its Postgres text, and the reason naming each such column. Not on the hot path."""
     document: dict[str, Any] = {}
     problems: list[str] = []
     for name, value, convert in zip(names, values, converters, strict=True):
