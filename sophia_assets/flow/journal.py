@@ -97,7 +97,7 @@ def reduced_documents(cur, collection: str, keys: list[str]) -> dict[str, dict[s
         "WHERE collection = %s AND key = ANY(%s::jsonb[])",
         (collection, keys),
     )
-    return {_canonical(key): orjson.loads(doc) for key, doc in cur.fetchall()}
+    return {canonical_key(key): orjson.loads(doc) for key, doc in cur.fetchall()}
 
 
 def reduced_keys(cur, collection: str) -> list[list[Any]]:
@@ -106,7 +106,7 @@ def reduced_keys(cur, collection: str) -> list[list[Any]]:
     return [orjson.loads(key) for (key,) in cur.fetchall()]
 
 
-def _canonical(key_text: str) -> str:
+def canonical_key(key_text: str) -> str:
     """Postgres prints jsonb arrays with spaces; our keys are compact JSON."""
     return orjson.dumps(orjson.loads(key_text)).decode()
 

@@ -17,14 +17,13 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-import fastjsonschema
 import orjson
 
 from sophia_assets.flow import journal
 from sophia_assets.flow.bindings import Binding
 from sophia_assets.flow.documents import CREATE, Change, key_text, op_of, source_of
 from sophia_assets.flow.tasks import capture_lock
-from sophia_assets.flow.writer import write_changes
+from sophia_assets.flow.writer import checked_text, write_changes
 
 VALUE_PROBLEM = "value: "  # the reason's prefix for a value with no JSON form
 
@@ -107,7 +106,7 @@ def replay(conn, task: str, binding: Binding, ids: list[int] | None = None) -> R
                 report.kept.append(quarantine_id)
             elif key in latest and latest[key] >= position(document):
                 report.superseded.append(quarantine_id)
-            elif (problem := _still_invalid(binding, document)) is not None:
+            elif (problem := checked_text(binding.validate, document)[1]) is not None:
                 cur.execute(
                     "UPDATE flow.quarantine SET reason = %s WHERE id = %s",
                     (problem, quarantine_id),
@@ -132,18 +131,6 @@ def position(document: dict[str, Any]) -> tuple[int, int]:
     backfilled row stands at its chunk's watermark."""
     loc = source_of(document).get("loc") or [0, 0, 0]
     return (loc[2] or loc[0], loc[1])
-
-
-def _still_invalid(binding: Binding, document: dict[str, Any]) -> str | None:
-    """The reason the capture would quarantine the document today, if any."""
-    try:
-        binding.validate(document)
-        journal.document_text(document)
-    except fastjsonschema.JsonSchemaException as err:
-        return f"schema: {err.message}"
-    except TypeError as err:
-        return f"not writable as JSON: {err}"
-    return None
 
 
 def _quarantined(
@@ -173,7 +160,7 @@ def _latest_positions(cur, name: str, keys: list[str]) -> dict[str, tuple[int, i
     )
     latest: dict[str, tuple[int, int]] = {}
     for key, loc in cur.fetchall():
-        compact = orjson.dumps(orjson.loads(key)).decode()
+        compact = journal.canonical_key(key)
         at = position({"_meta": {"source": {"loc": loc}}})
         latest[compact] = max(latest.get(compact, at), at)
     return latest

@@ -150,6 +150,18 @@ def _carry_unchanged(
             )
 
 
+def checked_text(validate: Any, document: dict[str, Any]) -> tuple[str, str | None]:
+    """(the document's journal text, None) when it passes the schema and JSON can write it;
+    else ("", the reason it is quarantined)."""
+    try:
+        validate(document)
+        return journal.document_text(document), None
+    except fastjsonschema.JsonSchemaException as err:
+        return "", f"schema: {err.message}"
+    except (TypeError, RecursionError) as err:
+        return "", f"not writable as JSON: {err}"
+
+
 def write_changes(cur, name: str, items: list[Change], first_offset: int, figures: Any) -> int:
     """Appends changes to a collection: previous documents, TOAST carry-over, `before`,
     schema validation (failures to the quarantine), reduction, journal and reduced view.
@@ -174,18 +186,13 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
             set_before(document, previous)
         reason = change.problem and f"value: {change.problem}"
         if reason is None:
-            try:
-                binding.validate(document)
-                texts[id(document)] = journal.document_text(document)
-            except fastjsonschema.JsonSchemaException as err:
-                reason = f"schema: {err.message}"
-            except (TypeError, RecursionError) as err:
-                reason = f"not writable as JSON: {err}"
+            text, reason = checked_text(binding.validate, document)
         if reason is not None:
             # Confirmed past like any change: a permanent error is kept, never retried.
             journal.quarantine(cur, name, document, reason, source_of(document))
             collection_figures.quarantined += 1
             continue
+        texts[id(document)] = text
         after = binding.reducer.reduce(previous, document)
         current[change.key] = after
         entries.append(
