@@ -21,9 +21,20 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         help="start over: new slot, full backfill, deletes reconciled",
     )
     drain.set_defaults(handler=drain_captures)
-    flow_verbs.add_parser(
-        "serve", help="capture continuously until SIGTERM or SIGINT; exit 1 if a capture dies"
-    ).set_defaults(handler=serve_captures)
+    serve = flow_verbs.add_parser(
+        "serve",
+        help="run every task continuously until SIGTERM or SIGINT; exit 1 if one dies",
+        description="Runs the catalog's tasks continuously: each capture, each embedding "
+        "derivation (model loaded once, micro-batches as changes commit) and each vector "
+        "index materialization, each resuming from its own checkpoint. Dagster runs of the "
+        "same assets take a task over (its lease) and hand it back when they finish.",
+    )
+    serve.add_argument(
+        "--captures-only",
+        action="store_true",
+        help="run the captures only; embedding and indexing are left to Dagster runs",
+    )
+    serve.set_defaults(handler=serve_captures)
     read = flow_verbs.add_parser("read", help="print a collection's documents as JSON lines")
     read.add_argument("collection", help="e.g. sophia/postgresql_cdc")
     read.add_argument("--reduced", action="store_true", help="the current document per key")
@@ -80,27 +91,30 @@ def serve_captures(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     runners = capture_runners(on_batch=log_batch)
+    tasks = {r.settings.task: r for r in runners}
+    captures = set(tasks)
+    if not args.captures_only:
+        from sophia_assets.cli.live import live_tasks
+
+        tasks.update((t.task.task, t) for t in live_tasks(on_batch=log_task_batch))
     died: dict[str, BaseException] = {}
 
-    def serve(runner) -> None:
-        """One capture; if it dies, the others stop too and the process exits non-zero, so a
+    def serve(name: str, task) -> None:
+        """One task; if it dies, the others stop too and the process exits non-zero, so a
         supervisor (systemd, Kubernetes) restarts it and nobody takes a half-dead serve
         for a healthy one."""
         try:
-            runner.serve(stop)
+            task.serve(stop)
         except BaseException as err:
-            died[runner.settings.task] = err
-            print(f"capture {runner.settings.task} died: {err!r}", file=sys.stderr, flush=True)
+            died[name] = err
+            kind = "capture" if name in captures else "task"
+            print(f"{kind} {name} died: {err!r}", file=sys.stderr, flush=True)
             stop.set()
 
-    threads = [threading.Thread(target=serve, args=(r,), name=r.settings.task) for r in runners]
+    threads = [threading.Thread(target=serve, args=item, name=item[0]) for item in tasks.items()]
     for thread in threads:
         thread.start()
-    print(
-        f"serving {', '.join(r.settings.task for r in runners)}; SIGTERM or Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(f"serving {', '.join(tasks)}; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
     # Short joins keep the main thread free to take the signals that set `stop`.
     while any(t.is_alive() for t in threads):
         for thread in threads:
@@ -280,6 +294,12 @@ def log_batch(report) -> None:
         report.documents,
         report.checkpoint_lsn,
     )
+
+
+def log_task_batch(task: str, documents: int) -> None:
+    import logging
+
+    logging.getLogger("sophia.flow").info("%s: %d documents", task, documents)
 
 
 def configure_logging() -> None:

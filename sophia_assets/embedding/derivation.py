@@ -22,7 +22,7 @@ import psycopg2
 
 from sophia_assets.catalog.model import Catalog, Collection
 from sophia_assets.embedding.text_rule import TextRule
-from sophia_assets.flow import journal
+from sophia_assets.flow import journal, leases
 from sophia_assets.flow.bindings import FORMATS, validation_schema
 from sophia_assets.flow.documents import Change, derived, is_delete, source_of
 from sophia_assets.flow.reduce import Reducer
@@ -96,6 +96,7 @@ class VectorUpdates:
         self.journal_url = journal_url
         self.embedder_factory = embedder_factory
         self.batch_documents = batch_documents
+        self._embedder = None
         self.target = Target(
             derived,
             fastjsonschema.compile(validation_schema(derived.schema), formats=FORMATS),
@@ -103,44 +104,53 @@ class VectorUpdates:
         )
 
     def run(self, on_batch: Callable[[EmbedReport], None] = lambda report: None) -> EmbedReport:
+        """A Dagster run: takes the task's lease (a serving task hands it over between two
+        batches), embeds everything after the checkpoint, lets go."""
         report = EmbedReport()
         started = time.perf_counter()
         conn = psycopg2.connect(self.journal_url)
-        embedder = None
         try:
             journal.ensure_schema(conn)
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.task,))
-                if not cur.fetchone()[0]:
-                    raise RuntimeError(
-                        f"{self.task} is already running in another process; wait for it to finish"
-                    )
-                checkpoint = journal.load_checkpoint(cur, self.task)
-                offset = checkpoint[1]["offset"] if checkpoint else -1
-                next_offset = journal.next_offset(cur, self.derived.name)
-            conn.commit()
-            report.source_offset = offset
-            while True:
-                with conn.cursor() as cur:
-                    rows = list(
-                        journal.read(cur, self.source.name, offset + 1, self.batch_documents)
-                    )
-                conn.commit()
-                if not rows:
-                    break
-                if embedder is None:
-                    embedder = self.embedder_factory()
-                offset = rows[-1][0]
-                next_offset = self._batch(conn, rows, offset, next_offset, embedder, report)
-                report.source_offset = offset
-                report.batches += 1
-                on_batch(report)
+            ttl = leases.ttl_from_environment()
+            lease = leases.acquire_for_run(
+                conn, self.task, leases.new_owner(leases.RUN), ttl, max(60.0, 4 * ttl)
+            )
+            try:
+                with leases.Heartbeat(self.journal_url, lease):
+                    while self.step(conn, lease, report):
+                        on_batch(report)
+            finally:
+                leases.release(conn, lease)
         finally:
             conn.close()
         report.seconds = time.perf_counter() - started
         return report
 
-    def _batch(self, conn, rows, offset: int, next_offset: int, embedder, report) -> int:
+    def step(self, conn, lease: leases.Lease, report: EmbedReport) -> int:
+        """Embeds the next batch after the checkpoint and commits it fenced by `lease`;
+        the number of source documents it read (0: caught up). The checkpoint is read
+        afresh each time: another writer may have moved it while this one had no lease."""
+        with conn, conn.cursor() as cur:
+            checkpoint = journal.load_checkpoint(cur, self.task)
+            offset = checkpoint[1]["offset"] if checkpoint else -1
+            rows = list(journal.read(cur, self.source.name, offset + 1, self.batch_documents))
+            next_offset = journal.next_offset(cur, self.derived.name)
+        report.source_offset = max(report.source_offset, offset)
+        if not rows:
+            return 0
+        self._batch(conn, lease, rows, next_offset, self.embedder(), report)
+        report.source_offset = rows[-1][0]
+        report.batches += 1
+        return len(rows)
+
+    def embedder(self):
+        """The embedder, made by the factory on first use (a caught-up run loads no model)."""
+        if self._embedder is None:
+            self._embedder = self.embedder_factory()
+        return self._embedder
+
+    def _batch(self, conn, lease, rows, next_offset: int, embedder, report) -> None:
+        offset = rows[-1][0]
         latest: dict[str, Pending] = {}
         for _, document in rows:
             key_value = _key_value(document, self.source.key)
@@ -180,10 +190,11 @@ class VectorUpdates:
             report.embedded_documents += len(to_embed)
             report.tombstones += sum(1 for c in changes if c.op == "d")
             if changes:
-                next_offset = write_changes(cur, self.derived.name, changes, next_offset, report)
+                write_changes(cur, self.derived.name, changes, next_offset, report)
             counts = {i.key: len(v) for i, v in zip(to_embed, embedded, strict=True)}
             self._save_state(cur, latest, to_embed, counts, state, model)
             journal.save_checkpoint(cur, self.task, "0/0", {"offset": offset})
+            leases.fence(cur, lease)
         conn.commit()
         log.info(
             "%s: source offset %d, %d embedded, %d unchanged, %d tombstones",
@@ -193,7 +204,6 @@ class VectorUpdates:
             report.unchanged_documents,
             report.tombstones,
         )
-        return next_offset
 
     def _vector(self, item: Pending, chunk: int, vector: list[float], model: str) -> Change:
         ts = source_of(item.document).get("ts_ms")
@@ -210,7 +220,9 @@ class VectorUpdates:
             },
         }
         derived(document, "c")
-        return Change(self.target, "c", _key(document["embedding_id"]), document, (), ts, 0)
+        return Change(
+            self.target, "c", _key(document["embedding_id"]), document, (), _change_ts(item), 0
+        )
 
     def _tombstones(self, item: Pending, first: int, end: int) -> list[Change]:
         return [
@@ -220,7 +232,7 @@ class VectorUpdates:
                 _key(f"{item.key}:{n}"),
                 derived({"embedding_id": f"{item.key}:{n}"}, "d"),
                 (),
-                None,
+                _change_ts(item),
                 0,
             )
             for n in range(first, end)
@@ -247,6 +259,14 @@ class VectorUpdates:
                 "model = EXCLUDED.model",
                 rows,
             )
+
+
+def _change_ts(item: Pending) -> int | None:
+    """The source commit time the vector document's journal entry carries: a change's, not a
+    backfilled row's (whose `ts_ms` is when it was read), as the capture's journal does; the
+    index's commit-to-searchable figures count changes only."""
+    source = source_of(item.document)
+    return None if source.get("snapshot") else source.get("ts_ms")
 
 
 def _key(embedding_id: str) -> str:

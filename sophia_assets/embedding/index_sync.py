@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from sophia_assets.flow import journal
+from sophia_assets.flow import journal, leases
 from sophia_assets.flow.documents import is_delete
+from sophia_assets.flow.tasks import index_task
 from sophia_assets.vectors import RecordsRejected, VectorIndex, VectorRecord
+from sophia_assets.vectors.searchable import record_searchable
 
 BATCH_DOCUMENTS = 1000
 
@@ -35,54 +37,88 @@ def sync_index(
     batch_documents: int = BATCH_DOCUMENTS,
     on_batch: Callable[[SyncReport], None] = lambda report: None,
 ) -> SyncReport:
+    """A Dagster run: takes the index's lease (a serving task hands it over between two
+    batches), applies everything after the applied offset, reports the lag, lets go."""
+    sync = IndexSync(index, collection, batch_documents)
     report = SyncReport(applied_offset=index.applied_offset())
     conn = psycopg2.connect(journal_url)
     try:
         journal.ensure_schema(conn)
-        while True:
-            with conn, conn.cursor() as cur:
-                rows = list(
-                    journal.read(cur, collection, report.applied_offset + 1, batch_documents)
-                )
-            if not rows:
-                break
-            latest: dict[str, tuple[int, dict]] = {}
-            for offset, document in rows:  # later documents of an id replace earlier ones
-                latest[document["embedding_id"]] = (offset, document)
-            upserts = [
-                VectorRecord(i, d["vector"], d.get("metadata") or {})
-                for i, (_, d) in latest.items()
-                if not is_delete(d)
-            ]
-            deletes = [i for i, (_, d) in latest.items() if is_delete(d)]
-            try:
-                index.apply(upserts, deletes, rows[-1][0])
-            except RecordsRejected:
-                upserts = _accepted(index, upserts, latest, conn, collection, report)
-                index.apply(upserts, deletes, rows[-1][0])
-            report.applied_offset = rows[-1][0]
-            report.upserts += len(upserts)
-            report.deletes += len(deletes)
-            report.batches += 1
-            on_batch(report)
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*), extract(epoch FROM now() - max(captured_at)) "
-                'FROM flow.journal WHERE collection = %s AND "offset" > %s',
-                (collection, report.applied_offset),
-            )
-            behind, _ = cur.fetchone()
-            cur.execute(
-                "SELECT extract(epoch FROM now() - captured_at) FROM flow.journal "
-                'WHERE collection = %s AND "offset" = %s',
-                (collection, report.applied_offset),
-            )
-            row = cur.fetchone()
-        report.lag_documents = behind
-        report.lag_seconds = float(row[0]) if row and behind else 0.0
+        ttl = leases.ttl_from_environment()
+        lease = leases.acquire_for_run(
+            conn, sync.task, leases.new_owner(leases.RUN), ttl, max(60.0, 4 * ttl)
+        )
+        try:
+            with leases.Heartbeat(journal_url, lease):
+                while sync.step(conn, lease, report):
+                    on_batch(report)
+        finally:
+            leases.release(conn, lease)
+        report.lag_documents, report.lag_seconds = _lag(conn, collection, report.applied_offset)
     finally:
         conn.close()
     return report
+
+
+class IndexSync:
+    """Applies `collection` to `index` one batch at a time, each commit fenced by the lease
+    of the index's task: by a run (`sync_index`) or continuously by `sophia flow serve`."""
+
+    def __init__(self, index: VectorIndex, collection: str, batch_documents: int = BATCH_DOCUMENTS):
+        self.index = index
+        self.collection = collection
+        self.batch_documents = batch_documents
+        self.task = index_task(index.name)
+
+    def step(self, conn, lease: leases.Lease, report: SyncReport) -> int:
+        """Applies the next batch after the index's applied offset (read afresh: another
+        writer may have moved it); the number of documents read, 0 when caught up."""
+        with conn, conn.cursor() as cur:
+            checkpoint = journal.load_checkpoint(cur, self.task)  # AppliedOffsets' row
+            applied = checkpoint[1]["offset"] if checkpoint else -1
+            rows = list(journal.read(cur, self.collection, applied + 1, self.batch_documents))
+        if not rows:
+            report.applied_offset = applied
+            return 0
+        latest: dict[str, tuple[int, dict]] = {}
+        for offset, document in rows:  # later documents of an id replace earlier ones
+            latest[document["embedding_id"]] = (offset, document)
+        upserts = [
+            VectorRecord(i, d["vector"], d.get("metadata") or {})
+            for i, (_, d) in latest.items()
+            if not is_delete(d)
+        ]
+        deletes = [i for i, (_, d) in latest.items() if is_delete(d)]
+        self.index.offsets.fence = lambda cur: leases.fence(cur, lease)
+        report.applied_offset = applied
+        try:
+            self.index.apply(upserts, deletes, rows[-1][0])
+        except RecordsRejected:
+            upserts = _accepted(self.index, upserts, latest, conn, self.collection, report)
+            self.index.apply(upserts, deletes, rows[-1][0])
+        record_searchable(conn, self.index.name, self.collection, (rows[0][0], rows[-1][0]))
+        report.applied_offset = rows[-1][0]
+        report.upserts += len(upserts)
+        report.deletes += len(deletes)
+        report.batches += 1
+        return len(rows)
+
+
+def _lag(conn, collection: str, applied: int) -> tuple[int, float]:
+    """Documents of `collection` after `applied`, and the age of the applied one when any."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            'SELECT count(*) FROM flow.journal WHERE collection = %s AND "offset" > %s',
+            (collection, applied),
+        )
+        behind = cur.fetchone()[0]
+        cur.execute(
+            "SELECT extract(epoch FROM now() - captured_at) FROM flow.journal "
+            'WHERE collection = %s AND "offset" = %s',
+            (collection, applied),
+        )
+        row = cur.fetchone()
+    return behind, float(row[0]) if row and behind else 0.0
 
 
 def _accepted(

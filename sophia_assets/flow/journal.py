@@ -62,7 +62,29 @@ CREATE TABLE IF NOT EXISTS flow.quarantine (
     source         jsonb       NOT NULL,
     quarantined_at timestamptz NOT NULL DEFAULT now()
 );
+-- One writer per derivation or index task (flow/leases.py).
+CREATE TABLE IF NOT EXISTS flow.leases (
+    task      text             PRIMARY KEY,
+    owner     text,
+    kind      text,
+    epoch     bigint           NOT NULL DEFAULT 0,
+    heartbeat timestamptz,
+    ttl_s     double precision NOT NULL DEFAULT 15,
+    wanted_by text,
+    wanted_at timestamptz
+);
+-- When each captured change became searchable in an index (vectors/searchable.py).
+CREATE TABLE IF NOT EXISTS flow.searchable (
+    index         text        NOT NULL,
+    source_key    text        NOT NULL,
+    source_ts     timestamptz NOT NULL,
+    searchable_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS searchable_window ON flow.searchable (index, searchable_at);
 """
+# Appends NOTIFY this channel with the collection's name; delivered when they commit, so a
+# continuous reader wakes on a commit instead of polling.
+CHANNEL = "flow_journal"
 
 
 @dataclass(slots=True)
@@ -132,6 +154,7 @@ def append(
         'COPY flow.journal (collection, "offset", key, document, commit_lsn, source_ts) FROM STDIN',
         buffer,
     )
+    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, collection))
 
 
 def write_reduced(

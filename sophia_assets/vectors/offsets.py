@@ -19,6 +19,9 @@ class AppliedOffsets:
     def __init__(self, connect: Connect, index_name: str):
         self._connect = connect
         self.task = index_task(index_name)
+        # Run in the transaction that stores the offset: the writer's lease check
+        # (flow/leases.py), so a writer that lost the index's lease cannot move it.
+        self.fence: Callable[[Any], None] | None = None
 
     def load(self) -> int:
         """The last offset applied, -1 before the first batch."""
@@ -43,4 +46,6 @@ class AppliedOffsets:
 
     def store_in(self, cur, offset: int) -> None:
         """Records `offset` in the caller's transaction (pgvector: with the vectors)."""
+        if self.fence is not None:
+            self.fence(cur)
         journal.save_checkpoint(cur, self.task, "0/0", {"offset": offset})

@@ -31,6 +31,7 @@ class PgVectorIndex(VectorIndex):
         self._connect_raw = connect
         self.dimension = dimension
         self.table = sql.Identifier(SCHEMA, name)
+        self._writer = None  # the connection batches are applied on, kept between them
 
     @contextmanager
     def session(self) -> Iterator[PgVectorSession]:  # type: ignore[override]
@@ -42,10 +43,14 @@ class PgVectorIndex(VectorIndex):
             conn.close()
 
     def apply(self, upserts: list[VectorRecord], deletes: list[str], offset: int) -> None:
+        """One transaction on a connection kept for the next batch (a continuous task
+        applies many small ones: a connection and the DDL each time cost more than they do)."""
         import orjson
         from psycopg2.extras import execute_values
 
-        conn = self._connect()
+        if self._writer is None or self._writer.closed:
+            self._writer = self._connect()
+        conn = self._writer
         try:
             with conn, conn.cursor() as cur:
                 if deletes:
@@ -71,8 +76,9 @@ class PgVectorIndex(VectorIndex):
                 self.offsets.store_in(cur, offset)
         except psycopg2.DataError as err:  # a value the column refuses: the same every time
             raise RecordsRejected(f"pgvector: {(err.pgerror or str(err)).strip()}") from err
-        finally:
-            conn.close()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            conn.close()  # the next batch connects again
+            raise
 
     def query(
         self, vector: list[float], top_k: int, metadata_filter: dict[str, Any] | None = None

@@ -177,12 +177,12 @@ def duplicated_changes(url: str, collection: str = COLLECTION) -> list[tuple]:
 def flow_process(
     url: str, specs: Path, *verb: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
-    """`sophia flow serve` (or another flow verb) on the catalog copy, as its own process:
-    what a test kills with SIGKILL."""
+    """`sophia flow serve --captures-only` (or another flow verb) on the catalog copy, as its
+    own process: what a test kills with SIGKILL."""
     sophia = Path(sys.executable).parent / "sophia"
     env = {**os.environ, **(env or {}), "SOPHIA_POSTGRES_URL": url, "SOPHIA_FLOW_SPECS": str(specs)}
     return subprocess.Popen(
-        [str(sophia), "flow", *(verb or ["serve"])],
+        [str(sophia), "flow", *(verb or ["serve", "--captures-only"])],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,0 +1,125 @@
+"""A continuous task of `sophia flow serve` (the embedding derivation, a vector index's
+materialization): it follows a collection's journal and processes each batch as it commits,
+under the task's lease.
+
+It wakes on the journal's NOTIFY (sent when an append commits) instead of polling, so a batch
+starts within a round trip of the commit; a batch is whatever has committed since, up to the
+step's size, so batches grow when changes arrive faster than they are processed and the
+memory held stays one batch. Between batches it checks whether a Dagster run wants the lease
+and hands it over; while it has no lease it waits and tries again. Exactly-once is the step's:
+each batch commits its output and its checkpoint together, fenced by the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import psycopg2
+
+from sophia_assets.flow import journal, leases
+
+log = logging.getLogger("sophia.flow")
+
+
+class Step(Protocol):
+    """One batch after the task's checkpoint, committed fenced by the lease; how many source
+    documents it read (0: caught up)."""
+
+    def __call__(self, conn, lease: leases.Lease) -> int: ...
+
+
+class ContinuousTask:
+    def __init__(
+        self,
+        task: str,
+        source: str,
+        step: Step,
+        journal_url: str,
+        ttl_s: float | None = None,
+        on_batch: Callable[[str, int], None] = lambda task, documents: None,
+    ):
+        self.task = task
+        self.source = source  # the collection whose commits wake it
+        self.step = step
+        self.journal_url = journal_url
+        self.ttl_s = ttl_s if ttl_s is not None else leases.ttl_from_environment()
+        self.on_batch = on_batch
+        self.owner = leases.new_owner(leases.SERVE)
+        self.handovers = 0
+
+    def serve(self, stop: threading.Event) -> None:
+        """Runs until `stop` is set; lets go of the lease on the way out."""
+        listener = psycopg2.connect(self.journal_url)
+        conn = psycopg2.connect(self.journal_url)
+        lease = None
+        try:
+            journal.ensure_schema(conn)
+            listener.autocommit = True
+            with listener.cursor() as cur:
+                cur.execute(f"LISTEN {journal.CHANNEL}")
+            while not stop.is_set():
+                lease = self._turn(conn, lease, stop)
+                if not stop.is_set():
+                    self._wait(listener, self.ttl_s / 3)
+        finally:
+            if lease is not None:
+                _quietly(lambda: leases.release(conn, lease))
+            listener.close()
+            conn.close()
+
+    def _turn(self, conn, lease: leases.Lease | None, stop: threading.Event):
+        """Takes (or keeps) the lease and processes every committed batch; the lease held
+        after it, None when it has none."""
+        if lease is None:
+            lease = leases.try_acquire(conn, self.task, self.owner, leases.SERVE, self.ttl_s)
+            if lease is None:
+                return None
+            log.info("%s: serving (lease epoch %d)", self.task, lease.epoch)
+        try:
+            while not stop.is_set():
+                if leases.handover_wanted(conn, lease):
+                    leases.release(conn, lease)
+                    self.handovers += 1
+                    log.info("%s: handed over to a run; resuming when it is done", self.task)
+                    return None
+                documents = self.step(conn, lease)
+                if not documents:
+                    break
+                self.on_batch(self.task, documents)
+            leases.heartbeat(conn, lease)
+            return lease
+        except leases.LeaseLost as lost:
+            conn.rollback()
+            leases.release(conn, lease)  # its lock: this connection no longer holds the task
+            log.warning("%s: %s; waiting to take it again", self.task, lost)
+            return None
+
+    def _wait(self, listener, timeout_s: float) -> None:
+        """Until a commit to the source journal, a run asking for the lease, or the
+        timeout (the heartbeat's turn)."""
+        wake = {self.source, f"lease:{self.task}"}
+        deadline = time.monotonic() + timeout_s
+        while not _drained(listener, wake):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([listener], [], [], left)[0]:
+                return
+
+
+def _drained(listener, wake: set[str]) -> bool:
+    """Reads the pending notifications; whether one of them is for us."""
+    listener.poll()
+    found = any(n.payload in wake for n in listener.notifies)
+    listener.notifies.clear()
+    return found
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except psycopg2.Error as err:  # shutting down after the database went away
+        log.warning("could not release a lease: %s", err)

@@ -1,0 +1,201 @@
+"""One writer per task: a lease in the platform's Postgres (`flow.leases`) names who may commit
+a derivation's or an index's progress, and every such commit is fenced by it.
+
+A lease has an owner, a kind (`serve`: the continuous task in `sophia flow serve`; `run`: a
+Dagster run), an epoch bumped at every take-over and a heartbeat. It is free when it has no
+owner or its heartbeat is older than its TTL (the owner died). A run has priority: it marks
+the lease wanted, the serving task sees that between two batches, lets go and waits until the
+run releases the lease (or the run's heartbeat expires), then takes it back. Every commit of
+the task's progress runs `fence()` in the same transaction: a writer that lost the lease (a
+paused process that woke up after its heartbeat expired) fails its commit instead of writing
+over the new owner's. Times are the database's, so no two clocks are compared.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import psycopg2
+
+from sophia_assets.flow.journal import CHANNEL
+from sophia_assets.flow.tasks import lease_lock
+
+SERVE = "serve"
+RUN = "run"
+DEFAULT_TTL_S = 15.0
+
+
+class LeaseLost(RuntimeError):
+    """The lease was taken over (or expired and was taken) since this writer took it."""
+
+
+class LeaseBusy(RuntimeError):
+    """Another writer holds the task and did not hand it over."""
+
+
+def ttl_from_environment() -> float:
+    """SOPHIA_LEASE_TTL_S (15): how long a silent owner keeps its lease."""
+    return float(os.environ.get("SOPHIA_LEASE_TTL_S", DEFAULT_TTL_S))
+
+
+def new_owner(kind: str) -> str:
+    """A name for this process and attempt, readable in `flow.leases`."""
+    return f"{kind}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    task: str
+    owner: str
+    kind: str
+    epoch: int
+    ttl_s: float
+
+
+def try_acquire(conn, task: str, owner: str, kind: str, ttl_s: float) -> Lease | None:
+    """Takes the lease if it is free (or already ours); a serving task also yields to a run
+    that wants it. None when someone else holds it."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO flow.leases (task) VALUES (%s) ON CONFLICT (task) DO NOTHING", (task,)
+        )
+        cur.execute(
+            "SELECT owner, heartbeat < now() - make_interval(secs => ttl_s), "
+            "wanted_by IS NOT NULL AND wanted_by <> %s "
+            "AND wanted_at >= now() - make_interval(secs => %s) "
+            "FROM flow.leases WHERE task = %s FOR UPDATE",
+            (owner, ttl_s, task),
+        )
+        holder, expired, wanted = cur.fetchone()
+        if kind == SERVE and wanted:
+            return None
+        if holder != owner:
+            # The holder's connection holds this lock while it lives: free means it died
+            # (its lease is free now, not after the TTL); held means it is alive, and its
+            # lease stays its own until the heartbeat is older than the TTL.
+            cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lease_lock(task),))
+            alive = not cur.fetchone()[0]
+            if holder is not None and alive and not expired:
+                return None
+        cur.execute(
+            "UPDATE flow.leases SET owner = %s, kind = %s, epoch = epoch + 1, heartbeat = now(), "
+            "ttl_s = %s, wanted_by = CASE WHEN wanted_by = %s THEN NULL ELSE wanted_by END "
+            "WHERE task = %s RETURNING epoch",
+            (owner, kind, ttl_s, owner, task),
+        )
+        return Lease(task, owner, kind, cur.fetchone()[0], ttl_s)
+
+
+def acquire_for_run(conn, task: str, owner: str, ttl_s: float, timeout_s: float) -> Lease:
+    """The lease for a run: at once when free; from a serving task, which hands it over
+    between two batches; never from another run, which is reported."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lease = try_acquire(conn, task, owner, RUN, ttl_s)
+        if lease is not None:
+            return lease
+        holder = holder_of(conn, task)
+        if holder is not None and holder[1] == RUN:
+            raise LeaseBusy(
+                f"{task} is already running in another process ({holder[0]}); wait for it to finish"
+            )
+        if time.monotonic() >= deadline:
+            raise LeaseBusy(
+                f"{task} is held by `sophia flow serve` ({holder[0] if holder else '?'}), which "
+                f"did not hand it over within {timeout_s:.0f} s; check that serve is healthy"
+            )
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "UPDATE flow.leases SET wanted_by = %s, wanted_at = now() WHERE task = %s",
+                (owner, task),
+            )
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"lease:{task}"))  # wakes serve
+        time.sleep(0.02)
+
+
+def holder_of(conn, task: str) -> tuple[str, str] | None:
+    """(owner, kind) of a live lease on `task`, None when it is free."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT owner, kind FROM flow.leases WHERE task = %s AND owner IS NOT NULL "
+            "AND heartbeat >= now() - make_interval(secs => ttl_s)",
+            (task,),
+        )
+        row = cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def fence(cur, lease: Lease) -> None:
+    """In the transaction that commits the task's progress: renews the heartbeat, or raises
+    LeaseLost (and the caller's transaction must roll back) when the lease is not ours."""
+    cur.execute(
+        "UPDATE flow.leases SET heartbeat = now() WHERE task = %s AND owner = %s AND epoch = %s",
+        (lease.task, lease.owner, lease.epoch),
+    )
+    if cur.rowcount != 1:
+        raise LeaseLost(f"{lease.task}: the lease of {lease.owner} (epoch {lease.epoch}) was taken")
+
+
+def heartbeat(conn, lease: Lease) -> None:
+    """Renews the lease in a transaction of its own (LeaseLost when it is gone)."""
+    with conn, conn.cursor() as cur:
+        fence(cur, lease)
+
+
+def handover_wanted(conn, lease: Lease) -> bool:
+    """A run waits for this serving task's lease."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT wanted_by IS NOT NULL AND wanted_by <> owner "
+            "AND wanted_at >= now() - make_interval(secs => %s) FROM flow.leases WHERE task = %s",
+            (lease.ttl_s, lease.task),
+        )
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def release(conn, lease: Lease) -> None:
+    """Lets go of the lease if it is still ours (a lost one is not someone else's to free),
+    and of the lock that says this connection lives."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE flow.leases SET owner = NULL, heartbeat = NULL "
+            "WHERE task = %s AND owner = %s AND epoch = %s",
+            (lease.task, lease.owner, lease.epoch),
+        )
+        # false (and a notice) when this connection does not hold it: nothing to undo
+        cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lease_lock(lease.task),))
+
+
+class Heartbeat:
+    """Keeps a run's lease alive from a thread of its own while the run works (a GPU batch
+    can take longer than the TTL); the run's commits are fenced regardless."""
+
+    def __init__(self, url: str, lease: Lease):
+        self.lease = lease
+        self._url = url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease:{lease.task}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        conn = psycopg2.connect(self._url)
+        try:
+            while not self._stop.wait(self.lease.ttl_s / 3):
+                try:
+                    heartbeat(conn, self.lease)
+                except (LeaseLost, psycopg2.Error):
+                    return  # the next fenced commit reports it
+        finally:
+            conn.close()

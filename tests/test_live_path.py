@@ -1,0 +1,147 @@
+"""The live path: `sophia flow serve` runs the capture, the embedding derivation and the
+pgvector materialization continuously, so a committed row becomes searchable with no run; a
+Dagster run of the derivation or the index takes the task over (its lease) and serve resumes
+after it, with nothing doubled or lost."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from sophia_assets.demo.corpus import load_corpus
+from sophia_assets.demo.seed import DOCUMENTS_DDL
+from tests.support.cdc import catalog_copy, drop_database, flow_process, new_database, sql
+
+INDEX = 'vectors."sophia-ai-vectors"'
+TIMEOUT_S = 120
+
+
+@pytest.fixture
+def database(postgres_url: str) -> Iterator[str]:
+    url = new_database(postgres_url)
+    sql(url, DOCUMENTS_DDL)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def serve(database: str, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """Full `sophia flow serve` on the scratch database; micro-batches of at most 4 documents
+    so that a run can take over in the middle of a backlog."""
+    specs = catalog_copy(tmp_path, slot=f"live_{tmp_path.name[-12:].lower()}")
+    process = flow_process(database, specs, "serve", env={"SOPHIA_LIVE_BATCH_DOCUMENTS": "4"})
+    yield process
+    process.terminate()
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    print(err[-4000:])
+
+
+def _until(condition: Callable[[], bool], process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert process.poll() is None, f"serve died while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.01)
+
+
+def _ids(url: str) -> set[str]:
+    try:
+        return {row[0] for row in sql(url, f"SELECT id FROM {INDEX}")}
+    except psycopg2.Error:
+        return set()  # serve has not created the index yet
+
+
+def _captured(url: str) -> int:
+    try:
+        return sql(url, "SELECT count(*) FROM flow.reduced")[0][0]
+    except psycopg2.Error:
+        return 0  # serve has not created the journal yet
+
+
+def _titles(url: str) -> dict[str, str]:
+    return {i: t for i, t in sql(url, f"SELECT id, metadata->>'title' FROM {INDEX}")}
+
+
+def test_changes_become_searchable_with_no_run(database: str, serve, shared_home: Path) -> None:
+    corpus = load_corpus(shared_home / "cache")
+    sql(
+        database,
+        "INSERT INTO documents (id, title, body) VALUES (1, 'Lighthouse keeping', "
+        "'How a keeper trims the lamp wick.'), (2, %s, %s)",
+        params=(corpus[0].title, corpus[0].body),
+    )
+    _until(lambda: {"1:0", "2:0"} <= _ids(database), serve, "the first rows")
+
+    sql(database, "UPDATE documents SET title = 'Lamp rooms' WHERE id = 1")
+    _until(lambda: _titles(database).get("1:0") == "Lamp rooms", serve, "the update")
+    sql(database, "DELETE FROM documents WHERE id = 2")
+    _until(lambda: not any(i.startswith("2:") for i in _ids(database)), serve, "the delete")
+
+    # The index materialization recorded each change's commit-to-searchable time.
+    [(count, worst)] = sql(
+        database,
+        "SELECT count(*), max(searchable_at - source_ts) FROM flow.searchable "
+        "WHERE index = 'sophia-ai-vectors'",
+    )
+    assert count >= 3 and worst.total_seconds() < TIMEOUT_S
+    # Each task holds its own lease, as serve.
+    held = dict(sql(database, "SELECT task, kind FROM flow.leases WHERE owner IS NOT NULL"))
+    assert held == {"derive:sophia/vector_updates": "serve", "index:sophia-ai-vectors": "serve"}
+
+
+def test_runs_take_the_tasks_over_and_serve_resumes_after(
+    database: str, serve, shared_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resources.embedder import EmbedderResource
+    from resources.postgres import PostgresResource
+    from resources.vector_index import PgVectorResource
+    from sophia_assets.catalog import load_catalog
+    from sophia_assets.embedding.derivation import VectorUpdates
+    from sophia_assets.embedding.index_sync import sync_index
+    from tests.support.paths import REPO
+
+    corpus = load_corpus(shared_home / "cache")
+    rows = [(n, corpus[n].title, corpus[n].body[:300]) for n in range(1, 41)]
+    values = ", ".join(["(%s, %s, %s)"] * len(rows))
+    sql(
+        database,
+        f"INSERT INTO documents (id, title, body) VALUES {values}",
+        params=tuple(v for row in rows for v in row),
+    )
+    _until(
+        lambda: _captured(database) == 40,
+        serve,
+        "the capture of the backlog",
+    )
+    catalog = load_catalog(REPO / "flow_specs")
+    run = VectorUpdates(catalog, "sophia/vector_updates", database, EmbedderResource().load).run()
+    assert run.embedded_documents > 0  # the run, not serve, embedded part of the backlog
+    monkeypatch.setenv("SOPHIA_POSTGRES_URL", database)
+    index = PgVectorResource(postgres=PostgresResource()).open()
+    sync_index(index, database)
+
+    sql(database, "INSERT INTO documents (id, title, body) VALUES (99, 'After', 'the run')")
+    _until(lambda: "99:0" in _ids(database), serve, "serve to resume after the runs")
+    # Every document embedded exactly once, by one writer or the other: no gap, no double.
+    doubled = sql(
+        database,
+        "SELECT key->>0, count(*) FROM flow.journal WHERE collection = 'sophia/vector_updates' "
+        "GROUP BY 1 HAVING count(*) > 1",
+    )
+    assert doubled == []
+    expected = {f"{n}:0" for n in range(1, 41)} | {"99:0"}
+    assert expected <= _ids(database)
+    epochs = dict(sql(database, "SELECT task, epoch FROM flow.leases"))
+    # serve, then the run, then serve again: each a new epoch.
+    assert epochs["derive:sophia/vector_updates"] >= 3
+    assert epochs["index:sophia-ai-vectors"] >= 3
