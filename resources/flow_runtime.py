@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sophia_assets.catalog.model import Catalog
     from sophia_assets.flow.capture import CaptureReport
     from sophia_assets.flow.latency import LatencyFigures
+    from sophia_assets.vectors.searchable import SearchableFigures
 
 
 class FlowRuntimeResource(dg.ConfigurableResource):
@@ -58,5 +59,18 @@ class FlowRuntimeResource(dg.ConfigurableResource):
                 if offsets is not None:
                     return latency_figures(cur, collection, offsets=offsets)
                 return latency_figures(cur, collection, window_minutes=self.latency_window_minutes)
+        finally:
+            conn.close()
+
+    def searchable(self, index: str) -> "SearchableFigures":
+        """Commit-to-searchable figures of `index` over the latency window."""
+        from sophia_assets.flow import journal
+        from sophia_assets.vectors.searchable import searchable_figures
+
+        conn = self.postgres.connect()
+        try:
+            journal.ensure_schema(conn)
+            with conn, conn.cursor() as cur:
+                return searchable_figures(cur, index, self.latency_window_minutes)
         finally:
             conn.close()

@@ -43,6 +43,7 @@ from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
 from sophia_assets.checks.embeddings import consistency_check, coverage_check, dimension_check
 from sophia_assets.checks.images import dockerfile_check, matches_code_check
+from sophia_assets.checks.searchable_latency import searchable_latency_check
 from sophia_assets.checks.secrets import secret_age_check
 from sophia_assets.checks.stacks import drift_check
 from sophia_assets.flow.runtime import runnable_captures
@@ -205,6 +206,7 @@ defs = dg.Definitions(
             for key, (source, index_name) in index_targets.items()
             for check in (consistency_check, dimension_check)
         ),
+        *(searchable_latency_check(key, name) for key, (_, name) in index_targets.items()),
         *(check(image) for image in images for check in (dockerfile_check, matches_code_check)),
         *(secret_age_check(key, secret) for key, secret in MANAGED.items()),
         *(drift_check(stack) for stack in STACKS),

@@ -145,3 +145,61 @@ def test_runs_take_the_tasks_over_and_serve_resumes_after(
     # serve, then the run, then serve again: each a new epoch.
     assert epochs["derive:sophia/vector_updates"] >= 3
     assert epochs["index:sophia-ai-vectors"] >= 3
+
+
+@pytest.mark.parametrize(
+    ("latencies", "passed", "severity"),
+    [
+        ([20.0] * 100, True, None),
+        ([20.0] * 90 + [300.0] * 10, False, "WARN"),
+        ([20.0] * 90 + [3000.0] * 10, False, "ERROR"),
+        ([], False, "WARN"),
+    ],
+    ids=["under-100ms", "warn-over-100ms", "fail-over-1s", "no-changes-warns"],
+)
+def test_searchable_latency_check(
+    database: str, monkeypatch: pytest.MonkeyPatch, latencies, passed, severity
+) -> None:
+    import dagster as dg
+
+    from resources.flow_runtime import FlowRuntimeResource
+    from resources.postgres import PostgresResource
+    from resources.vector_index import PgVectorResource
+    from sophia_assets.assets.embeddings import vector_index_asset
+    from sophia_assets.checks.searchable_latency import searchable_latency_check
+    from sophia_assets.flow import journal
+
+    monkeypatch.setenv("SOPHIA_POSTGRES_URL", database)
+    conn = psycopg2.connect(database)
+    journal.ensure_schema(conn)
+    conn.close()
+    sql(
+        database,
+        "INSERT INTO flow.searchable (index, source_key, source_ts) "
+        "SELECT 'sophia-ai-vectors', n::text, now() - make_interval(secs => ms / 1000) "
+        "FROM unnest(%s::float8[]) WITH ORDINALITY AS t(ms, n)",
+        params=(latencies,),
+    )
+    key = dg.AssetKey(["pinecone", "sophia-ai-vectors"])
+    index = vector_index_asset(dg.AssetSpec(key), "sophia/vector_updates", "sophia-ai-vectors")
+    check = searchable_latency_check(key, "sophia-ai-vectors")
+    postgres = PostgresResource()
+    resources = {
+        "postgres": postgres,
+        "flow_runtime": FlowRuntimeResource(postgres=postgres),
+        "vector_index": PgVectorResource(postgres=postgres),
+    }
+    result = dg.materialize(
+        [index, check], resources=resources, selection=dg.AssetSelection.checks(check)
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is passed
+    if severity is not None:
+        assert evaluation.severity == getattr(dg.AssetCheckSeverity, severity)
+    metadata = evaluation.metadata
+    assert metadata["searchable_documents"].value == len(latencies)
+    if latencies:
+        assert metadata["searchable_p99_ms"].value >= max(latencies)
+        assert {"searchable_p50_ms", "searchable_p95_ms", "searchable_max_ms"} <= set(metadata)
+    else:
+        assert "no change" in metadata["note"].value
