@@ -11,6 +11,13 @@ for production), how far the collection has grown since the last tick, and
   failed run it waits (30 s, doubling to 15 minutes) before it asks again, with a run key
   naming the retry, instead of asking on every new offset.
 
+While `sophia flow serve` holds the derivation's lease (it embeds continuously), the sensor
+requests no embedding run below the GPU threshold; it reports runless materializations of the
+derived collection and of each index serve maintains (their offsets and lags), and with each
+index report the `searchable_latency_p99` check's evaluation over the window, so lineage,
+freshness and the check stay true with no run. When serve stops, the lease lapses and the
+batch path (runs) takes over again.
+
 The cursor is the last offset reported, so a restarted daemon neither re-reports nor misses.
 Without a cursor (a new sensor), the last offset the collection's latest materialization
 recorded stands in for it, so a collection a run has just captured is not reported as new
@@ -28,6 +35,8 @@ from dataclasses import dataclass
 import dagster as dg
 
 from resources.postgres import PostgresResource
+from sophia_assets.checks.searchable_latency import CHECK_NAME, verdict
+from sophia_assets.embedding.live_progress import LiveProgress, read_live_progress
 from sophia_assets.flow.tasks import derivation_task
 from sophia_assets.run_status import IN_FLIGHT
 
@@ -120,12 +129,16 @@ def build_estuary_sensor(
     minimum_interval_seconds: int = 5,
     name: str | None = None,
     now: Callable[[], float] = time.time,
+    indexes: dict[dg.AssetKey, str] | None = None,
+    window_minutes: float = 15.0,
 ) -> dg.SensorDefinition:
     """One sensor per embedding derivation: it watches the derivation's source collection and
-    requests runs of that derivation only (the job may hold several)."""
+    requests runs of that derivation only (the job may hold several). `indexes` (asset key ->
+    index name) are the indexes fed by the derivation, reported while serve maintains them."""
     collection = "/".join(collection_key.path)
     derivation = "/".join(derivation_key.path)
     thresholds = thresholds or Thresholds.from_environment()
+    indexes = indexes or {}
 
     @dg.sensor(
         name=name or "estuary__" + "__".join(collection_key.path),
@@ -161,8 +174,12 @@ def build_estuary_sensor(
                 )
             )
             cursor["reported"] = progress.last_offset
+        live = read_live_progress(
+            postgres.connect, derivation, list(indexes.values()), window_minutes
+        )
+        events += _live_events(live, progress, cursor, derivation_key, indexes, window_minutes)
         request, reason = _embedding_request(
-            context, progress, thresholds, embed_job.name, derivation_key
+            context, progress, thresholds, embed_job.name, derivation_key, live.serving
         )
         if request is not None:
             request, reason = _after_failures(context, request, embed_job.name, cursor, now())
@@ -206,16 +223,78 @@ def _recorded_offset(context: dg.SensorEvaluationContext, collection_key: dg.Ass
     return -1
 
 
+def _live_events(
+    live: LiveProgress,
+    progress: Progress,
+    cursor: dict,
+    derivation_key: dg.AssetKey,
+    indexes: dict[dg.AssetKey, str],
+    window_minutes: float,
+) -> list:
+    """Runless materializations of what `sophia flow serve` maintains and has moved since the
+    last report (the cursor keeps each offset reported), with the index's SLA check."""
+    events: list = []
+    if live.serving and live.derived_offset > cursor.get("derived", -1):
+        events.append(
+            dg.AssetMaterialization(
+                asset_key=derivation_key,
+                metadata={
+                    "source_offset": live.derived_offset,
+                    "embedding_lag_documents": max(progress.last_offset - live.derived_offset, 0),
+                    "last_offset": live.updates_offset,
+                },
+                description="maintained by `sophia flow serve`",
+            )
+        )
+        cursor["derived"] = live.derived_offset
+    applied_reported = dict(cursor.get("applied", {}))
+    for key, name in indexes.items():
+        applied = live.applied.get(name, -1)
+        if name not in live.serving_indexes or applied <= applied_reported.get(name, -1):
+            continue
+        figures = live.searchable[name]
+        events.append(
+            dg.AssetMaterialization(
+                asset_key=key,
+                metadata={
+                    "applied_offset": applied,
+                    "lag_documents": max(live.updates_offset - applied, 0),
+                    **figures.as_metadata(),
+                },
+                description="maintained by `sophia flow serve`",
+            )
+        )
+        passed, severity, metadata = verdict(figures, window_minutes)
+        events.append(
+            dg.AssetCheckEvaluation(
+                asset_key=key,
+                check_name=CHECK_NAME,
+                passed=passed,
+                severity=severity or dg.AssetCheckSeverity.ERROR,
+                metadata=metadata,
+            )
+        )
+        applied_reported[name] = applied
+        cursor["applied"] = applied_reported
+    return events
+
+
 def _embedding_request(
     context: dg.SensorEvaluationContext,
     progress: Progress,
     thresholds: Thresholds,
     job_name: str,
     derivation_key: dg.AssetKey,
+    served: bool = False,
 ):
     pending = progress.last_offset - progress.derived_offset
     if pending <= 0:
         return None, "nothing pending for the embeddings"
+    if served and pending < thresholds.gpu_documents:
+        return None, (
+            f"{pending} documents pending; `sophia flow serve` embeds them continuously (a "
+            f"backlog of {thresholds.gpu_documents} or more goes to a GPU run)"
+        )
     old_enough = (progress.oldest_pending_age_s or 0) >= thresholds.max_wait_seconds
     if pending < thresholds.batch_documents and not old_enough:
         return None, (

@@ -147,6 +147,7 @@ estuary_sensors = [
         translator.collection_key(c.name),
         embed_job,
         name=None if len(derivations) == 1 else "estuary__" + c.name.replace("/", "__"),
+        indexes={key: name for key, (source, name) in index_targets.items() if source == c.name},
     )
     for c in derivations
 ]

@@ -192,6 +192,13 @@ def test_index_follows_vector_updates_without_running_when_nothing_changed() -> 
         moved = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
         assert moved.get_requested_partitions(index_key) == {None}
         assert moved.total_requested == 1
+        # serve maintains both: the sensor reports the index after its updates, so no run
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=UPDATES_KEY))
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=index_key))
+        served = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=moved.cursor
+        )
+        assert served.total_requested == 0
 
 
 def test_a_failed_run_is_retried_with_backoff_not_on_every_offset(source, capture) -> None:
@@ -225,3 +232,69 @@ def test_a_failed_run_is_retried_with_backoff_not_on_every_offset(source, captur
         clock["now"] = ended + 31
         (retry,) = _tick(sensor, instance, cursor)[0].run_requests
         assert retry.run_key.endswith(":0-4:retry1") and retry.tags["sophia/retry_of"] == "f" * 36
+
+
+def test_while_serve_holds_the_lease_it_reports_runless_and_requests_no_run(
+    source, capture
+) -> None:
+    import psycopg2
+
+    from sophia_assets.flow import journal, leases
+    from sophia_assets.flow.tasks import derivation_task, index_task
+
+    index_key = dg.AssetKey(["pinecone", "sophia-ai-vectors"])
+    sensor = build_estuary_sensor(
+        CDC_KEY,
+        UPDATES_KEY,
+        EMBED_JOB,
+        Thresholds(batch_documents=1, max_wait_seconds=0),
+        indexes={index_key: "sophia-ai-vectors"},
+    )
+    _insert(source, 1, 5)
+    capture()
+    serve = psycopg2.connect(source)  # what `sophia flow serve` holds while it runs
+    held = [
+        leases.try_acquire(serve, task, "serve:test", leases.SERVE, 60)
+        for task in (derivation_task("sophia/vector_updates"), index_task("sophia-ai-vectors"))
+    ]
+    assert all(held)
+    with dg.instance_for_test() as instance:
+        result, cursor = _tick(sensor, instance)
+        assert result.run_requests == []  # 5 pending, but serve embeds them
+        with serve, serve.cursor() as cur:  # serve embedded offsets 0..2, indexed 0..1
+            journal.save_checkpoint(
+                cur, derivation_task("sophia/vector_updates"), "0/0", {"offset": 2}
+            )
+            journal.save_checkpoint(cur, index_task("sophia-ai-vectors"), "0/0", {"offset": 1})
+            cur.execute(
+                "INSERT INTO flow.searchable (index, source_key, source_ts) "
+                "SELECT 'sophia-ai-vectors', g::text, now() - interval '20 milliseconds' "
+                "FROM generate_series(1, 3) g"
+            )
+        result, cursor = _tick(sensor, instance, cursor)
+        reported = {
+            e.asset_key: e.metadata
+            for e in result.asset_events
+            if isinstance(e, dg.AssetMaterialization)
+        }
+        assert reported[UPDATES_KEY]["source_offset"].value == 2
+        assert reported[UPDATES_KEY]["embedding_lag_documents"].value == 2
+        assert reported[index_key]["applied_offset"].value == 1
+        assert reported[index_key]["searchable_documents"].value == 3
+        (check,) = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+        assert (check.asset_key, check.check_name, check.passed) == (
+            index_key,
+            "searchable_latency_p99",
+            True,
+        )
+        assert result.run_requests == []
+
+        result, cursor = _tick(sensor, instance, cursor)  # nothing moved: nothing reported
+        assert result.asset_events == [] and result.run_requests == []
+
+        for lease in held:  # serve stops: the batch path takes over
+            leases.release(serve, lease)
+        result, cursor = _tick(sensor, instance, cursor)
+        (request,) = result.run_requests
+        assert request.asset_selection == [UPDATES_KEY]
+    serve.close()
