@@ -25,7 +25,7 @@ from pydantic import Field
 from sophia_assets.embedding.embedder import ModelCard
 from sophia_assets.gpu.entrypoint_runs import EntrypointEmbedder, local_invoke, remote_invoke
 from sophia_assets.gpu.janitor import HEARTBEAT_TAG
-from sophia_assets.gpu.lambda_api import API_URL, LambdaCloud
+from sophia_assets.gpu.lambda_api import API_URL, REQUEST_INTERVAL_S, LambdaCloud
 from sophia_assets.gpu.remote_env import UV, prepare_python, ship_project
 from sophia_assets.gpu.session import Choice, LambdaSession, NoCapacity
 
@@ -90,6 +90,10 @@ class LambdaGpuRunner(GpuRunner):
     active_timeout_s: float = 900.0
     ssh_timeout_s: float = 300.0
     poll_s: float = 5.0
+    request_interval_s: float = Field(
+        default=REQUEST_INTERVAL_S,
+        description="Least time between API requests (Lambda Cloud's limit: one a second).",
+    )
     heartbeat_s: float = 30.0
     fallback_to_local: bool = Field(
         default=False, description="Run locally when no configured type has capacity."
@@ -111,6 +115,7 @@ class LambdaGpuRunner(GpuRunner):
             ("deployment", "SOPHIA_DEPLOYMENT", str),
             ("active_timeout_s", "SOPHIA_LAMBDA_ACTIVE_TIMEOUT_S", float),
             ("poll_s", "SOPHIA_LAMBDA_POLL_S", float),
+            ("request_interval_s", "SOPHIA_LAMBDA_REQUEST_INTERVAL_S", float),
             ("heartbeat_s", "SOPHIA_LAMBDA_HEARTBEAT_S", float),
             ("device", "SOPHIA_LAMBDA_DEVICE", str),
         ):
@@ -133,7 +138,7 @@ class LambdaGpuRunner(GpuRunner):
                 f"{self.api_key_env} is not set; put a Lambda Cloud API key there "
                 "(dashboard -> API keys) or use the local runner"
             )
-        return LambdaCloud(key, self.api_url)
+        return LambdaCloud(key, self.api_url, request_interval_s=self.request_interval_s)
 
     @contextmanager
     def session(

@@ -60,8 +60,33 @@ def _shared_cache(factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test's SOPHIA_CACHE, holding the model's ONNX export, made once for the session
+    (`tests.support.caches.place_onnx_export` copies it into a cache of a test's own)."""
+    from sophia_assets.embedding import onnx_export
+    from sophia_assets.embedding.embedder import ModelCard, default_model_path
+
+    cache = _shared_cache(tmp_path_factory)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOPHIA_CACHE", str(cache))
+        onnx_export.cached_model(ModelCard.read(default_model_path()))
+    return cache
+
+
+@pytest.fixture(scope="session")
 def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("shared-sophia-home")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(shared_home: Path) -> Path:
+    """The demo corpus's cache file in `shared_home`, built once for the session
+    (`tests.support.caches.place_corpus` copies it into another home)."""
+    from sophia_assets.demo.corpus import load_corpus
+
+    load_corpus(shared_home / "cache")
+    [path] = (shared_home / "cache").glob("corpus-*.json.gz")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -34,19 +34,30 @@ def source(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def served(source: str, tmp_path_factory, shared_home: Path) -> Iterator[ServedApi]:
+def served(
+    source: str, tmp_path_factory, shared_model_cache: Path, corpus_file: Path
+) -> Iterator[ServedApi]:
     from sophia_assets.demo.corpus import load_corpus
     from sophia_assets.demo.seed import seed_documents
 
-    seed_documents(source, load_corpus(shared_home / "cache"), rows=100)
-    catalog = load(catalog_copy(tmp_path_factory.mktemp("catalog")))
-    runner(source, catalog).drain()
-    embedder = Embedder(ModelCard.read(default_model_path()), device="cpu", backend="auto")
-    VectorUpdates(catalog, "sophia/vector_updates", source, lambda: embedder).run()
-    sync_index(PgVectorIndex(lambda: psycopg2.connect(source)), source)
-    env = {POSTGRES_URL_ENV: source, "SOPHIA_API_KEYS": f"another-key,{KEY}"}
-    with served_api(env, "--rate", "1000", "--burst", "1000") as api:
-        yield api
+    # Module fixtures run before the per-test isolation (conftest), so this one isolates
+    # itself the same way: a home of its own, the session's model cache.
+    homes = {
+        "SOPHIA_HOME": str(tmp_path_factory.mktemp("serve-home")),
+        "SOPHIA_CACHE": str(shared_model_cache),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in homes.items():
+            patch.setenv(name, value)
+        seed_documents(source, load_corpus(corpus_file.parent), rows=100)
+        catalog = load(catalog_copy(tmp_path_factory.mktemp("catalog")))
+        runner(source, catalog).drain()
+        embedder = Embedder(ModelCard.read(default_model_path()), device="cpu", backend="auto")
+        VectorUpdates(catalog, "sophia/vector_updates", source, lambda: embedder).run()
+        sync_index(PgVectorIndex(lambda: psycopg2.connect(source)), source)
+        env = {POSTGRES_URL_ENV: source, "SOPHIA_API_KEYS": f"another-key,{KEY}"}
+        with served_api(env, "--rate", "1000", "--burst", "1000") as api:
+            yield api
     assert KEY not in api.output  # nor in uvicorn's access log or any error
 
 

@@ -64,6 +64,9 @@ def _api(sshd: LoopbackSshd, monkeypatch: pytest.MonkeyPatch, **kwargs):
         "SOPHIA_LAMBDA_SSH_PORT": str(sshd.port),
         "SOPHIA_LAMBDA_REMOTE_PYTHON": sys.executable,  # the shipped code, this interpreter
         "SOPHIA_LAMBDA_POLL_S": "0.2",
+        # Lambda's one request a second, paced by the client (test_lambda_cloud holds it to
+        # that on a virtual clock), is not what these tests are about; the loopback API needs none.
+        "SOPHIA_LAMBDA_REQUEST_INTERVAL_S": "0.02",
         "SOPHIA_LAMBDA_CHOICES": "gpu_1x_a10@us-east-1",
         "SOPHIA_LAMBDA_DEVICE": "cpu",
     }.items():

@@ -9,6 +9,7 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
+from tests.support.caches import place_corpus
 from tests.support.paths import REPO
 from tests.support.postgres import embedded
 from tests.support.processes import run_sophia
@@ -35,8 +36,11 @@ def test_root_dagster_yaml_builds_a_persistent_instance(tmp_path: Path, monkeypa
     assert not (tmp_path / "ephemeral-home/history").exists()
 
 
-def test_main_command_run_is_visible_afterwards(tmp_path: Path, monkeypatch) -> None:
+def test_main_command_run_is_visible_afterwards(
+    tmp_path: Path, monkeypatch, corpus_file: Path
+) -> None:
     server = embedded(tmp_path / ".sophia")
+    place_corpus(corpus_file, tmp_path / ".sophia")  # built before: the demo seed reads it
     planted = canaries()  # every secret variable set, though the local run needs none
     env = {"SOPHIA_HOME": str(tmp_path / ".sophia"), **planted}
     with process_arguments() as arguments:

@@ -21,6 +21,7 @@ from sophia_assets.embedding.embedder import (
     resolve_backend,
 )
 from sophia_assets.embedding.onnx_export import MODEL_FILE, REPORT_FILE, ExportError
+from tests.support.caches import place_onnx_export
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +49,13 @@ def card() -> ModelCard:
 
 
 @pytest.fixture(scope="module")
-def export_home(tmp_path_factory: pytest.TempPathFactory, card: ModelCard) -> Path:
-    """A home whose cache holds a real export, made once for the module."""
+def export_home(
+    tmp_path_factory: pytest.TempPathFactory, card: ModelCard, shared_model_cache: Path
+) -> Path:
+    """A home whose cache holds a real export: the session's (made once, by `cached_model`),
+    copied, and read back here as the cache is read."""
     home = tmp_path_factory.mktemp("onnx-home")
+    place_onnx_export(shared_model_cache, home / "cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SOPHIA_HOME", str(home))
         patch.setenv("SOPHIA_CACHE", str(home / "cache"))

@@ -22,6 +22,7 @@ from sophia_assets.embedding.onnx_quantize import (
     QuantReport,
     int8_model,
 )
+from tests.support.caches import place_corpus, place_onnx_export
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +30,14 @@ GUARD_SIZE = 60  # enough for the mechanism; the benchmark measures the real gua
 
 
 @pytest.fixture(scope="module")
-def int8_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A home whose cache holds a real fp32 export and a real, guarded int8 model."""
+def int8_home(
+    tmp_path_factory: pytest.TempPathFactory, shared_model_cache: Path, corpus_file: Path
+) -> Path:
+    """A home whose cache holds a real fp32 export (the session's, copied) and a real, guarded
+    int8 model quantized from it here; the guard reads the demo corpus (the session's, copied)."""
     home = tmp_path_factory.mktemp("int8-home")
+    place_onnx_export(shared_model_cache, home / "cache")
+    place_corpus(corpus_file, home)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SOPHIA_HOME", str(home))
         patch.setenv("SOPHIA_CACHE", str(home / "cache"))

@@ -134,16 +134,17 @@ def test_three_rotations_while_the_capture_serves_lose_nothing(
     server = threading.Thread(target=serving.serve, args=(stop,))
     server.start()
     writes = iter(range(1, 10_000))
+    # One client connection for the 260 writes (a connection costs more than its statement);
+    # each write is still its own transaction, as with a connection per write.
+    writer = psycopg2.connect(source)
 
     def write_some(n: int) -> None:
         for _ in range(n):
             i = next(writes)
-            sql(
-                source,
-                "INSERT INTO documents (id, title, body) VALUES (%s, 'v1', 'b')",
-                params=(i,),
-            )
-            sql(source, "UPDATE documents SET title = 'v2' WHERE id = %s", params=(i,))
+            with writer, writer.cursor() as cur:
+                cur.execute("INSERT INTO documents (id, title, body) VALUES (%s, 'v1', 'b')", (i,))
+            with writer, writer.cursor() as cur:
+                cur.execute("UPDATE documents SET title = 'v2' WHERE id = %s", (i,))
 
     try:
         _wait_for(lambda: _replication_user(source, slot) == "sophia_capture_a")
@@ -178,6 +179,7 @@ def test_three_rotations_while_the_capture_serves_lose_nothing(
             )[0][0]
         )
     finally:
+        writer.close()
         stop.set()
         server.join(timeout=60)
     assert reduced_state(source) == source_state(source)
