@@ -203,3 +203,53 @@ def test_searchable_latency_check(
         assert {"searchable_p50_ms", "searchable_p95_ms", "searchable_max_ms"} <= set(metadata)
     else:
         assert "no change" in metadata["note"].value
+
+
+def test_serve_killed_at_random_moments_loses_and_doubles_nothing(
+    database: str, tmp_path: Path, shared_home: Path
+) -> None:
+    """kill -9 of serve while it embeds and indexes a backlog, three times at random moments,
+    then a clean run to the end: every row has exactly one vector document per chunk in the
+    journal, and the index holds exactly the reduced view's vectors."""
+    import random
+    import signal
+
+    corpus = load_corpus(shared_home / "cache")
+    rows = [(n, corpus[n].title, corpus[n].body[:300]) for n in range(1, 31)]
+    values = ", ".join(["(%s, %s, %s)"] * len(rows))
+    sql(
+        database,
+        f"INSERT INTO documents (id, title, body) VALUES {values}",
+        params=tuple(v for row in rows for v in row),
+    )
+    specs = catalog_copy(tmp_path, slot=f"kill_{tmp_path.name[-12:].lower()}")
+    env = {"SOPHIA_LIVE_BATCH_DOCUMENTS": "3"}
+    chance = random.Random()
+    for _ in range(3):
+        process = flow_process(database, specs, "serve", env=env)
+        before = len(_ids(database))
+        _until(lambda b=before: len(_ids(database)) > b, process, "some progress")
+        threading.Event().wait(chance.uniform(0, 0.5))  # a random moment, not a timing
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    process = flow_process(database, specs, "serve", env=env)
+    try:
+        expected = {f"{n}:0" for n in range(1, 31)}
+        _until(lambda: expected <= _ids(database), process, "the whole backlog")
+        doubled = sql(
+            database,
+            "SELECT key->>0, count(*) FROM flow.journal "
+            "WHERE collection = 'sophia/vector_updates' GROUP BY 1 HAVING count(*) > 1",
+        )
+        assert doubled == []
+        reduced = {
+            row[0]
+            for row in sql(
+                database,
+                "SELECT key->>0 FROM flow.reduced WHERE collection = 'sophia/vector_updates'",
+            )
+        }
+        assert _ids(database) == reduced
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
