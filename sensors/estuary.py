@@ -154,7 +154,7 @@ def build_estuary_sensor(
             cursor = {"reported": _recorded_offset(context, collection_key)}
         progress = read_progress(postgres, collection, derivation, cursor["reported"])
         if progress.last_offset < cursor["reported"]:  # the journal was reset: start over
-            cursor["reported"] = -1
+            cursor = {"reported": -1}
             progress = read_progress(postgres, collection, derivation, -1)
         events = []
         if progress.last_offset > cursor["reported"]:
@@ -234,7 +234,8 @@ def _live_events(
     """Runless materializations of what `sophia flow serve` maintains and has moved since the
     last report (the cursor keeps each offset reported), with the index's SLA check."""
     events: list = []
-    if live.serving and live.derived_offset > cursor.get("derived", -1):
+    derived_moved = live.serving and live.derived_offset > cursor.get("derived", -1)
+    if derived_moved:
         events.append(
             dg.AssetMaterialization(
                 asset_key=derivation_key,
@@ -250,7 +251,11 @@ def _live_events(
     applied_reported = dict(cursor.get("applied", {}))
     for key, name in indexes.items():
         applied = live.applied.get(name, -1)
-        if name not in live.serving_indexes or applied <= applied_reported.get(name, -1):
+        # Reported with the derived collection even when it did not move (a change whose
+        # text did not change embeds nothing): declarative automation would otherwise see
+        # the index behind its updates and start a run of it for nothing.
+        moved = applied > applied_reported.get(name, -1)
+        if name not in live.serving_indexes or not (moved or derived_moved):
             continue
         figures = live.searchable[name]
         events.append(

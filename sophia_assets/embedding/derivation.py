@@ -158,44 +158,45 @@ class VectorUpdates:
             latest[key] = Pending(key, key_value, document, is_delete(document))
         report.source_documents += len(rows)
         model = embedder.card.version
-        with conn.cursor() as cur:
+        with conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT source_key, content_hash, chunks, model FROM "
                 "flow.derivation_state WHERE derivation = %s AND source_key = ANY(%s)",
                 (self.task, list(latest)),
             )
             state = {k: (h, c, m) for k, h, c, m in cur.fetchall()}
-            to_embed: list[Pending] = []
-            changes: list[Change] = []
-            for item in latest.values():
-                previous = state.get(item.key)
-                if item.deleted:
-                    if previous:
-                        changes += self._tombstones(item, 0, previous[1])
-                    continue
-                item.text = self.text_rule.text(item.document)
-                item.content_hash = self.text_rule.content_hash(item.text)
-                if previous and previous[0] == item.content_hash and previous[2] == model:
-                    report.unchanged_documents += 1
-                    continue
-                to_embed.append(item)
-            # Per document, its chunks' vectors: in this process, or through a GPU runner.
-            embedded = embedder.embed_documents([item.text for item in to_embed])
-            for item, vectors in zip(to_embed, embedded, strict=True):
-                changes += [self._vector(item, n, v, model) for n, v in enumerate(vectors)]
-                previous = state.get(item.key)
-                if previous and previous[1] > len(vectors):
-                    changes += self._tombstones(item, len(vectors), previous[1])
-                report.chunks_embedded += len(vectors)
-            report.embedded_documents += len(to_embed)
-            report.tombstones += sum(1 for c in changes if c.op == "d")
+        to_embed: list[Pending] = []
+        changes: list[Change] = []
+        for item in latest.values():
+            previous = state.get(item.key)
+            if item.deleted:
+                if previous:
+                    changes += self._tombstones(item, 0, previous[1])
+                continue
+            item.text = self.text_rule.text(item.document)
+            item.content_hash = self.text_rule.content_hash(item.text)
+            if previous and previous[0] == item.content_hash and previous[2] == model:
+                report.unchanged_documents += 1
+                continue
+            to_embed.append(item)
+        # Per document, its chunks' vectors: in this process, or through a GPU runner. No
+        # transaction is open meanwhile; the lease keeps every other writer out.
+        embedded = embedder.embed_documents([item.text for item in to_embed])
+        for item, vectors in zip(to_embed, embedded, strict=True):
+            changes += [self._vector(item, n, v, model) for n, v in enumerate(vectors)]
+            previous = state.get(item.key)
+            if previous and previous[1] > len(vectors):
+                changes += self._tombstones(item, len(vectors), previous[1])
+            report.chunks_embedded += len(vectors)
+        report.embedded_documents += len(to_embed)
+        report.tombstones += sum(1 for c in changes if c.op == "d")
+        counts = {i.key: len(v) for i, v in zip(to_embed, embedded, strict=True)}
+        with conn, conn.cursor() as cur:  # commits all of it, or rolls all of it back
+            leases.fence(cur, lease)  # first: a writer that lost the lease writes nothing
             if changes:
                 write_changes(cur, self.derived.name, changes, next_offset, report)
-            counts = {i.key: len(v) for i, v in zip(to_embed, embedded, strict=True)}
             self._save_state(cur, latest, to_embed, counts, state, model)
             journal.save_checkpoint(cur, self.task, "0/0", {"offset": offset})
-            leases.fence(cur, lease)
-        conn.commit()
         log.info(
             "%s: source offset %d, %d embedded, %d unchanged, %d tombstones",
             self.task,

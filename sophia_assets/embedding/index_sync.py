@@ -89,13 +89,19 @@ class IndexSync:
             if not is_delete(d)
         ]
         deletes = [i for i, (_, d) in latest.items() if is_delete(d)]
-        self.index.offsets.fence = lambda cur: leases.fence(cur, lease)
+        # The offset's commit is fenced; this check also keeps a writer that lost the lease
+        # from sending a batch to an index outside the database (Pinecone) at all.
+        leases.heartbeat(conn, lease)
         report.applied_offset = applied
+        self.index.offsets.fence = lambda cur: leases.fence(cur, lease)
         try:
-            self.index.apply(upserts, deletes, rows[-1][0])
-        except RecordsRejected:
-            upserts = _accepted(self.index, upserts, latest, conn, self.collection, report)
-            self.index.apply(upserts, deletes, rows[-1][0])
+            try:
+                self.index.apply(upserts, deletes, rows[-1][0])
+            except RecordsRejected:
+                upserts = _accepted(self.index, upserts, latest, conn, self.collection, report)
+                self.index.apply(upserts, deletes, rows[-1][0])
+        finally:
+            self.index.offsets.fence = None
         record_searchable(conn, self.index.name, self.collection, (rows[0][0], rows[-1][0]))
         report.applied_offset = rows[-1][0]
         report.upserts += len(upserts)

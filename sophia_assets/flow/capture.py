@@ -102,7 +102,7 @@ class CaptureRunner:
                 stop.wait(reconnect_backoff_s)
                 continue
             except psycopg2.Error as err:
-                if not _connection_lost(err):
+                if not connection_lost(err):
                     raise
                 if stop.is_set():
                     break
@@ -192,7 +192,7 @@ class CaptureRunner:
             jconn.close()
 
 
-def _connection_lost(err: psycopg2.Error) -> bool:
+def connection_lost(err: psycopg2.Error) -> bool:
     """A lost connection or stream (server restart, network), as opposed to an error the
     server raised about our statements, which reconnecting would only repeat."""
     if isinstance(err, psycopg2.OperationalError | psycopg2.InterfaceError):

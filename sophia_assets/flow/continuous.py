@@ -21,7 +21,9 @@ from typing import Protocol
 
 import psycopg2
 
+from sophia_assets.backoff import Backoff
 from sophia_assets.flow import journal, leases
+from sophia_assets.flow.capture import connection_lost
 
 log = logging.getLogger("sophia.flow")
 
@@ -51,63 +53,93 @@ class ContinuousTask:
         self.on_batch = on_batch
         self.owner = leases.new_owner(leases.SERVE)
         self.handovers = 0
+        self._lease: leases.Lease | None = None
+        self._heartbeat: leases.Heartbeat | None = None
 
     def serve(self, stop: threading.Event) -> None:
-        """Runs until `stop` is set; lets go of the lease on the way out."""
+        """Runs until `stop` is set, reconnecting when the database goes away; lets go of the
+        lease on the way out."""
+        backoff = Backoff(0.5, 5.0)
+        while not stop.is_set():
+            try:
+                self._serve_connected(stop)
+                return
+            except psycopg2.Error as err:
+                if not connection_lost(err) or stop.is_set():
+                    raise
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s lost its connection (%s); reconnecting in %.1f s",
+                    self.task,
+                    str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+                    delay,
+                )
+                stop.wait(delay)
+
+    def _serve_connected(self, stop: threading.Event) -> None:
         listener = psycopg2.connect(self.journal_url)
         conn = psycopg2.connect(self.journal_url)
-        lease = None
         try:
             journal.ensure_schema(conn)
             listener.autocommit = True
             with listener.cursor() as cur:
                 cur.execute(f"LISTEN {journal.CHANNEL}")
             while not stop.is_set():
-                lease = self._turn(conn, lease, stop)
+                self._turn(conn, stop)
                 if not stop.is_set():
-                    self._wait(listener, self.ttl_s / 3)
+                    self._wait(listener, self.ttl_s / 3, stop)
         finally:
-            if lease is not None:
-                _quietly(lambda: leases.release(conn, lease))
+            if self._lease is not None:
+                _quietly(lambda: leases.release(conn, self._lease))
+            self._drop_lease()
             listener.close()
             conn.close()
 
-    def _turn(self, conn, lease: leases.Lease | None, stop: threading.Event):
-        """Takes (or keeps) the lease and processes every committed batch; the lease held
-        after it, None when it has none."""
-        if lease is None:
+    def _turn(self, conn, stop: threading.Event) -> None:
+        """Takes (or keeps) the lease and processes every committed batch."""
+        if self._lease is None:
             lease = leases.try_acquire(conn, self.task, self.owner, leases.SERVE, self.ttl_s)
             if lease is None:
-                return None
+                return
             log.info("%s: serving (lease epoch %d)", self.task, lease.epoch)
+            self._lease = lease
+            # Renews the lease from a thread while a batch takes long (256 documents on a
+            # CPU can take longer than the TTL); commits are fenced regardless.
+            self._heartbeat = leases.Heartbeat(self.journal_url, lease).__enter__()
+        lease = self._lease
         try:
             while not stop.is_set():
                 if leases.handover_wanted(conn, lease):
                     leases.release(conn, lease)
+                    self._drop_lease()
                     self.handovers += 1
                     log.info("%s: handed over to a run; resuming when it is done", self.task)
-                    return None
+                    return
                 documents = self.step(conn, lease)
                 if not documents:
                     break
                 self.on_batch(self.task, documents)
-            leases.heartbeat(conn, lease)
-            return lease
         except leases.LeaseLost as lost:
-            conn.rollback()
-            leases.release(conn, lease)  # its lock: this connection no longer holds the task
+            leases.release(conn, lease)  # rolls back; the lease is someone else's
+            self._drop_lease()
             log.warning("%s: %s; waiting to take it again", self.task, lost)
-            return None
 
-    def _wait(self, listener, timeout_s: float) -> None:
-        """Until a commit to the source journal, a run asking for the lease, or the
-        timeout (the heartbeat's turn)."""
+    def _drop_lease(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.__exit__(None, None, None)
+        self._heartbeat = None
+        self._lease = None
+
+    def _wait(self, listener, timeout_s: float, stop: threading.Event) -> None:
+        """Until a commit to the source journal, a run asking for the lease or letting it go,
+        the timeout, or `stop` (looked at twice a second)."""
         wake = {self.source, f"lease:{self.task}"}
         deadline = time.monotonic() + timeout_s
-        while not _drained(listener, wake):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([listener], [], [], left)[0]:
+        while not _drained(listener, wake) and not stop.is_set():
+            left = min(deadline - time.monotonic(), 0.5)
+            if left <= 0:
                 return
+            select.select([listener], [], [], left)
 
 
 def _drained(listener, wake: set[str]) -> bool:

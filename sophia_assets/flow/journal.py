@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS flow.leases (
     epoch     bigint           NOT NULL DEFAULT 0,
     heartbeat timestamptz,
     ttl_s     double precision NOT NULL DEFAULT 15,
+    pid       int,
+    backend_start timestamptz,
     wanted_by text,
     wanted_at timestamptz
 );

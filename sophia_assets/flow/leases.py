@@ -3,10 +3,11 @@ a derivation's or an index's progress, and every such commit is fenced by it.
 
 A lease has an owner, a kind (`serve`: the continuous task in `sophia flow serve`; `run`: a
 Dagster run), an epoch bumped at every take-over and a heartbeat. It is free when it has no
-owner or its heartbeat is older than its TTL (the owner died). A run has priority: it marks
+owner, when the backend that took it is gone (its process died: free at once), or when its
+heartbeat is older than its TTL (its process hangs). A run has priority: it marks
 the lease wanted, the serving task sees that between two batches, lets go and waits until the
 run releases the lease (or the run's heartbeat expires), then takes it back. Every commit of
-the task's progress runs `fence()` in the same transaction: a writer that lost the lease (a
+the task's progress runs `fence()` first in the same transaction: a writer that lost the lease (a
 paused process that woke up after its heartbeat expired) fails its commit instead of writing
 over the new owner's. Times are the database's, so no two clocks are compared.
 """
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 import psycopg2
 
 from sophia_assets.flow.journal import CHANNEL
-from sophia_assets.flow.tasks import lease_lock
 
 SERVE = "serve"
 RUN = "run"
@@ -56,6 +56,18 @@ class Lease:
     ttl_s: float
 
 
+# The holder's connection is alive: the backend that took the lease still runs (its pid and
+# start time, so a reused pid does not count). A process that died lost its connection, so its
+# lease is free at once instead of after its TTL.
+HOLDER_ALIVE = (
+    "EXISTS (SELECT 1 FROM pg_stat_activity a "
+    "WHERE a.pid = l.pid AND a.backend_start = l.backend_start)"
+)
+# Wall-clock time, not now() (the transaction's start): a commit at the end of a long
+# transaction must not write a heartbeat from its beginning.
+FRESH = "l.heartbeat >= clock_timestamp() - make_interval(secs => l.ttl_s)"
+
+
 def try_acquire(conn, task: str, owner: str, kind: str, ttl_s: float) -> Lease | None:
     """Takes the lease if it is free (or already ours); a serving task also yields to a run
     that wants it. None when someone else holds it."""
@@ -64,26 +76,23 @@ def try_acquire(conn, task: str, owner: str, kind: str, ttl_s: float) -> Lease |
             "INSERT INTO flow.leases (task) VALUES (%s) ON CONFLICT (task) DO NOTHING", (task,)
         )
         cur.execute(
-            "SELECT owner, heartbeat < now() - make_interval(secs => ttl_s), "
-            "wanted_by IS NOT NULL AND wanted_by <> %s "
-            "AND wanted_at >= now() - make_interval(secs => %s) "
-            "FROM flow.leases WHERE task = %s FOR UPDATE",
+            f"SELECT l.owner, l.owner IS NOT NULL AND {FRESH} AND {HOLDER_ALIVE}, "
+            "l.wanted_by IS NOT NULL AND l.wanted_by <> %s "
+            "AND l.wanted_at >= clock_timestamp() - make_interval(secs => %s) "
+            "FROM flow.leases l WHERE l.task = %s FOR UPDATE",
             (owner, ttl_s, task),
         )
-        holder, expired, wanted = cur.fetchone()
+        holder, held, wanted = cur.fetchone()
         if kind == SERVE and wanted:
             return None
-        if holder != owner:
-            # The holder's connection holds this lock while it lives: free means it died
-            # (its lease is free now, not after the TTL); held means it is alive, and its
-            # lease stays its own until the heartbeat is older than the TTL.
-            cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lease_lock(task),))
-            alive = not cur.fetchone()[0]
-            if holder is not None and alive and not expired:
-                return None
+        if held and holder != owner:
+            return None
         cur.execute(
-            "UPDATE flow.leases SET owner = %s, kind = %s, epoch = epoch + 1, heartbeat = now(), "
-            "ttl_s = %s, wanted_by = CASE WHEN wanted_by = %s THEN NULL ELSE wanted_by END "
+            "UPDATE flow.leases SET owner = %s, kind = %s, epoch = epoch + 1, "
+            "heartbeat = clock_timestamp(), ttl_s = %s, pid = pg_backend_pid(), "
+            "backend_start = (SELECT backend_start FROM pg_stat_activity "
+            "WHERE pid = pg_backend_pid()), "
+            "wanted_by = CASE WHEN wanted_by = %s THEN NULL ELSE wanted_by END "
             "WHERE task = %s RETURNING epoch",
             (owner, kind, ttl_s, owner, task),
         )
@@ -121,8 +130,8 @@ def holder_of(conn, task: str) -> tuple[str, str] | None:
     """(owner, kind) of a live lease on `task`, None when it is free."""
     with conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT owner, kind FROM flow.leases WHERE task = %s AND owner IS NOT NULL "
-            "AND heartbeat >= now() - make_interval(secs => ttl_s)",
+            f"SELECT l.owner, l.kind FROM flow.leases l WHERE l.task = %s "
+            f"AND l.owner IS NOT NULL AND {FRESH} AND {HOLDER_ALIVE}",
             (task,),
         )
         row = cur.fetchone()
@@ -133,7 +142,8 @@ def fence(cur, lease: Lease) -> None:
     """In the transaction that commits the task's progress: renews the heartbeat, or raises
     LeaseLost (and the caller's transaction must roll back) when the lease is not ours."""
     cur.execute(
-        "UPDATE flow.leases SET heartbeat = now() WHERE task = %s AND owner = %s AND epoch = %s",
+        "UPDATE flow.leases SET heartbeat = clock_timestamp() "
+        "WHERE task = %s AND owner = %s AND epoch = %s",
         (lease.task, lease.owner, lease.epoch),
     )
     if cur.rowcount != 1:
@@ -151,7 +161,8 @@ def handover_wanted(conn, lease: Lease) -> bool:
     with conn, conn.cursor() as cur:
         cur.execute(
             "SELECT wanted_by IS NOT NULL AND wanted_by <> owner "
-            "AND wanted_at >= now() - make_interval(secs => %s) FROM flow.leases WHERE task = %s",
+            "AND wanted_at >= clock_timestamp() - make_interval(secs => %s) "
+            "FROM flow.leases WHERE task = %s",
             (lease.ttl_s, lease.task),
         )
         row = cur.fetchone()
@@ -160,15 +171,17 @@ def handover_wanted(conn, lease: Lease) -> bool:
 
 def release(conn, lease: Lease) -> None:
     """Lets go of the lease if it is still ours (a lost one is not someone else's to free),
-    and of the lock that says this connection lives."""
+    and wakes a serving task waiting to take it back. Whatever the connection's transaction
+    held uncommitted is rolled back first: a writer gives up its lease, never its half batch."""
+    conn.rollback()
     with conn, conn.cursor() as cur:
         cur.execute(
-            "UPDATE flow.leases SET owner = NULL, heartbeat = NULL "
+            "UPDATE flow.leases SET owner = NULL, heartbeat = NULL, pid = NULL "
             "WHERE task = %s AND owner = %s AND epoch = %s",
             (lease.task, lease.owner, lease.epoch),
         )
-        # false (and a notice) when this connection does not hold it: nothing to undo
-        cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lease_lock(lease.task),))
+        if cur.rowcount:
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"lease:{lease.task}"))
 
 
 class Heartbeat:
@@ -190,12 +203,21 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        conn = psycopg2.connect(self._url)
+        conn = None
         try:
             while not self._stop.wait(self.lease.ttl_s / 3):
                 try:
+                    conn = (
+                        conn
+                        if conn is not None and not conn.closed
+                        else psycopg2.connect(self._url)
+                    )
                     heartbeat(conn, self.lease)
-                except (LeaseLost, psycopg2.Error):
+                except LeaseLost:
                     return  # the next fenced commit reports it
+                except psycopg2.Error:
+                    if conn is not None:
+                        conn.close()  # a blip: connect again at the next beat
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()

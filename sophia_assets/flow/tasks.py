@@ -23,8 +23,3 @@ def derivation_task(collection: str) -> str:
 def index_task(index: str) -> str:
     """The vector index records the last applied vector_updates offset under its name."""
     return f"index:{index}"
-
-
-def lease_lock(task: str) -> str:
-    """The advisory lock the connection of a task's lease holder keeps while it lives."""
-    return f"flow.lease:{task}"

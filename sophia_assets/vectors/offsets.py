@@ -40,12 +40,17 @@ class AppliedOffsets:
         try:
             journal.ensure_schema(conn)
             with conn, conn.cursor() as cur:
+                self.guard(cur)
                 self.store_in(cur, offset)
         finally:
             conn.close()
 
-    def store_in(self, cur, offset: int) -> None:
-        """Records `offset` in the caller's transaction (pgvector: with the vectors)."""
+    def guard(self, cur) -> None:
+        """The writer's lease check, first in the transaction that will store an offset."""
         if self.fence is not None:
             self.fence(cur)
+
+    def store_in(self, cur, offset: int) -> None:
+        """Records `offset` in the caller's transaction (pgvector: with the vectors, after
+        `guard` began it)."""
         journal.save_checkpoint(cur, self.task, "0/0", {"offset": offset})

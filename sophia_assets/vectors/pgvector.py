@@ -53,6 +53,7 @@ class PgVectorIndex(VectorIndex):
         conn = self._writer
         try:
             with conn, conn.cursor() as cur:
+                self.offsets.guard(cur)  # first: a writer that lost the lease writes nothing
                 if deletes:
                     cur.execute(
                         sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.table),
