@@ -89,9 +89,10 @@ class IndexSync:
             if not is_delete(d)
         ]
         deletes = [i for i, (_, d) in latest.items() if is_delete(d)]
-        # The offset's commit is fenced; this check also keeps a writer that lost the lease
-        # from sending a batch to an index outside the database (Pinecone) at all.
-        leases.heartbeat(conn, lease)
+        if not self.index.fenced_in_transaction:
+            # Pinecone: the vectors are sent before the fenced offset commit, so a writer
+            # that lost the lease must find out before it sends them.
+            leases.heartbeat(conn, lease)
         report.applied_offset = applied
         self.index.offsets.fence = lambda cur: leases.fence(cur, lease)
         try:

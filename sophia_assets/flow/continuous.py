@@ -55,6 +55,7 @@ class ContinuousTask:
         self.handovers = 0
         self._lease: leases.Lease | None = None
         self._heartbeat: leases.Heartbeat | None = None
+        self._lease_news = False  # a lease:<task> notification not yet looked into
 
     def serve(self, stop: threading.Event) -> None:
         """Runs until `stop` is set, reconnecting when the database goes away; lets go of the
@@ -85,7 +86,7 @@ class ContinuousTask:
             with listener.cursor() as cur:
                 cur.execute(f"LISTEN {journal.CHANNEL}")
             while not stop.is_set():
-                self._turn(conn, stop)
+                self._turn(conn, listener, stop)
                 if not stop.is_set():
                     self._wait(listener, self.ttl_s / 3, stop)
         finally:
@@ -95,8 +96,10 @@ class ContinuousTask:
             listener.close()
             conn.close()
 
-    def _turn(self, conn, stop: threading.Event) -> None:
-        """Takes (or keeps) the lease and processes every committed batch."""
+    def _turn(self, conn, listener, stop: threading.Event) -> None:
+        """Takes (or keeps) the lease and processes every committed batch. Between batches
+        it asks the database whether a run wants the lease only after a `lease:<task>`
+        notification (a run sends one when it asks), not a round trip per batch."""
         if self._lease is None:
             lease = leases.try_acquire(conn, self.task, self.owner, leases.SERVE, self.ttl_s)
             if lease is None:
@@ -109,12 +112,14 @@ class ContinuousTask:
         lease = self._lease
         try:
             while not stop.is_set():
-                if leases.handover_wanted(conn, lease):
+                self._drain(listener)
+                if self._lease_news and leases.handover_wanted(conn, lease):
                     leases.release(conn, lease)
                     self._drop_lease()
                     self.handovers += 1
                     log.info("%s: handed over to a run; resuming when it is done", self.task)
                     return
+                self._lease_news = False
                 documents = self.step(conn, lease)
                 if not documents:
                     break
@@ -131,23 +136,24 @@ class ContinuousTask:
         self._lease = None
 
     def _wait(self, listener, timeout_s: float, stop: threading.Event) -> None:
-        """Until a commit to the source journal, a run asking for the lease or letting it go,
-        the timeout, or `stop` (looked at twice a second)."""
-        wake = {self.source, f"lease:{self.task}"}
+        """Until a commit to the source journal, news of the lease (a run asking for it or
+        letting it go), the timeout, or `stop` (looked at twice a second)."""
         deadline = time.monotonic() + timeout_s
-        while not _drained(listener, wake) and not stop.is_set():
+        while not self._drain(listener) and not stop.is_set():
             left = min(deadline - time.monotonic(), 0.5)
             if left <= 0:
                 return
             select.select([listener], [], [], left)
 
-
-def _drained(listener, wake: set[str]) -> bool:
-    """Reads the pending notifications; whether one of them is for us."""
-    listener.poll()
-    found = any(n.payload in wake for n in listener.notifies)
-    listener.notifies.clear()
-    return found
+    def _drain(self, listener) -> bool:
+        """Reads the notifications that have arrived (no round trip); whether one is for
+        this task. News of the lease is kept until `_turn` has looked at it."""
+        listener.poll()
+        payloads = {n.payload for n in listener.notifies}
+        listener.notifies.clear()
+        if f"lease:{self.task}" in payloads:
+            self._lease_news = True
+        return self.source in payloads or f"lease:{self.task}" in payloads
 
 
 def _quietly(action: Callable[[], None]) -> None:

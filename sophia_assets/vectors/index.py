@@ -41,6 +41,9 @@ class VectorIndex(ABC):
     (reached through `connect`), whatever holds the vectors."""
 
     backend: str
+    # Whether `apply` writes the vectors in the transaction that runs the offsets' fence
+    # first (pgvector), so a writer that lost its lease writes nothing.
+    fenced_in_transaction = False
 
     def __init__(self, connect: Connect, name: str):
         self.name = name

@@ -25,6 +25,7 @@ SCHEMA = "vectors"
 
 class PgVectorIndex(VectorIndex):
     backend = "pgvector"
+    fenced_in_transaction = True
 
     def __init__(self, connect: Connect, name: str = "sophia-ai-vectors", dimension: int = 384):
         super().__init__(connect, name)
