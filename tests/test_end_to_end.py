@@ -63,6 +63,9 @@ def test_a_committed_row_becomes_searchable_without_a_manual_step(
             "SOPHIA_EMBED_MAX_WAIT_S": "0",
             "SOPHIA_HOME": str(tmp_path / "sophia"),
         }
+        # The instance's storage is made here, before the daemon and the webserver start:
+        # made by them and this test at once, SQLite's migrations can collide.
+        instance = dg.DagsterInstance.from_config(str(home))
         bin_dir = Path(sys.executable).parent
         serve = _start([str(bin_dir / "sophia"), "flow", "serve"], env, tmp_path / "serve.log")
         processes.append(serve)
@@ -92,7 +95,6 @@ def test_a_committed_row_becomes_searchable_without_a_manual_step(
         deadline = time.monotonic() + TIMEOUT_S
         wait = _waiter(deadline, processes, tmp_path)
         wait(lambda: _indexed(url, "20:0"))  # the seeded rows flow in first
-        instance = dg.DagsterInstance.from_config(str(home))
         runs_before = _embedding_runs(instance)  # a tick before serve had loaded its model
 
         # The live path: serve embeds and indexes the row; no run is involved.
@@ -104,7 +106,7 @@ def test_a_committed_row_becomes_searchable_without_a_manual_step(
             [dg.AssetCheckKey(index_key, "searchable_latency_p99")]
         )
         assert check, "the sensor reported no searchable_latency_p99 evaluation"
-        assert _embedding_runs(instance) == runs_before  # serve did the work
+        assert _embedding_runs(instance) == runs_before, _logs(tmp_path)  # serve did the work
 
         # The batch path: serve captures only; the sensors start the runs.
         serve.terminate()
@@ -119,9 +121,9 @@ def test_a_committed_row_becomes_searchable_without_a_manual_step(
         )
         seconds = _commit_until_searchable(url, 1001, "Clockwork lamps", wait)
         print(f"batch path, commit to searchable: {seconds:.1f} s")
-        assert _embedding_runs(instance) > runs_before
+        assert _embedding_runs(instance) > runs_before, _logs(tmp_path)
         runs = sql(url, "SELECT count(*) FROM flow.checkpoints WHERE task LIKE 'derive:%%'")
-        assert runs == [(1,)]
+        assert runs == [(1,)], _logs(tmp_path)
     finally:
         for process in processes:
             process.terminate()

@@ -185,8 +185,8 @@ def release(conn, lease: Lease) -> None:
 
 
 class Heartbeat:
-    """Keeps a run's lease alive from a thread of its own while the run works (a GPU batch
-    can take longer than the TTL); the run's commits are fenced regardless."""
+    """Keeps a lease alive from a thread of its own while its holder works (a GPU batch, or
+    256 documents on a CPU, can take longer than the TTL); the commits are fenced regardless."""
 
     def __init__(self, url: str, lease: Lease):
         self.lease = lease
