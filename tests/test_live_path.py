@@ -135,6 +135,7 @@ def test_runs_take_the_tasks_over_and_serve_resumes_after(
     from tests.support.paths import REPO
 
     corpus = load_corpus(shared_home / "cache")
+    embedder = EmbedderResource().load()  # loaded now: the run asks for the lease at once
     sql(database, "INSERT INTO documents (id, title, body) VALUES (0, 'First', 'row')")
     _until(lambda: "0:0" in _ids(database), serve, "serve to take both tasks")
     _insert_backlog(database, corpus, range(1, 41))
@@ -144,7 +145,7 @@ def test_runs_take_the_tasks_over_and_serve_resumes_after(
         "the capture of the backlog",
     )
     catalog = load_catalog(REPO / "flow_specs")
-    run = VectorUpdates(catalog, "sophia/vector_updates", database, EmbedderResource().load).run()
+    run = VectorUpdates(catalog, "sophia/vector_updates", database, lambda: embedder).run()
     assert run.embedded_documents > 0  # the run, not serve, embedded part of the backlog
     monkeypatch.setenv("SOPHIA_POSTGRES_URL", database)
     index = PgVectorResource(postgres=PostgresResource()).open()

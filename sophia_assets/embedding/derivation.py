@@ -111,6 +111,10 @@ class VectorUpdates:
         conn = psycopg2.connect(self.journal_url)
         try:
             journal.ensure_schema(conn)
+            if self._pending(conn):
+                # Load the model (or boot the GPU runner: minutes) before taking the task
+                # over, so a serving task keeps embedding meanwhile.
+                self.embedder()
             ttl = leases.ttl_from_environment()
             lease = leases.acquire_for_run(
                 conn, self.task, leases.new_owner(leases.RUN), ttl, max(60.0, 4 * ttl)
@@ -125,6 +129,13 @@ class VectorUpdates:
             conn.close()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _pending(self, conn) -> bool:
+        """Whether the source journal holds anything after the checkpoint."""
+        with conn, conn.cursor() as cur:
+            checkpoint = journal.load_checkpoint(cur, self.task)
+            offset = checkpoint[1]["offset"] if checkpoint else -1
+            return bool(list(journal.read(cur, self.source.name, offset + 1, 1)))
 
     def step(self, conn, lease: leases.Lease, report: EmbedReport) -> int:
         """Embeds the next batch after the checkpoint and commits it fenced by `lease`;
