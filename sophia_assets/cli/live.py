@@ -6,20 +6,18 @@ instead of writing beside it."""
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sophia_assets.flow.continuous import ContinuousTask
-
-log = logging.getLogger("sophia.flow")
 
 
 @dataclass
 class LiveTask:
     task: ContinuousTask
-    prepare: object  # () -> None: loads what the task needs before it serves (the model)
+    prepare: Callable[[], object]  # loads what the task needs before it serves (the model)
 
     def serve(self, stop: threading.Event) -> None:
         self.prepare()
