@@ -2,7 +2,8 @@
 
 A run terminates its own instance in every outcome it lives through; this sensor covers the
 one it does not: the run worker killed outright (SIGKILL, a lost node), and anything older
-than the maximum age. Each termination is reported as an observation of `lambda/gpu_instances`.
+than the maximum age. Each termination is reported as an observation of `lambda/gpu_instances`,
+and each tick's figures go to the Pushgateway when one is set (the GPU alerts read them).
 """
 
 import json
@@ -12,8 +13,12 @@ from collections.abc import Callable
 import dagster as dg
 
 from resources.gpu_runner import LambdaGpuRunner
-from sophia_assets.gpu.janitor import judge
+from resources.pushgateway import PushgatewayResource
+from sophia_assets.gpu.janitor import is_ours, judge
 from sophia_assets.gpu.lambda_api import LambdaCloudError
+from sophia_assets.metrics.push import Figure
+
+JANITOR_JOB = "sophia-gpu-janitor"  # the Pushgateway's job label of its figures
 
 GPU_INSTANCES = dg.AssetKey(["lambda", "gpu_instances"])
 
@@ -40,7 +45,11 @@ def build_janitor_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Terminates Lambda GPU instances whose run is gone or that are too old.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, gpu_runner: LambdaGpuRunner):
+    def _sensor(
+        context: dg.SensorEvaluationContext,
+        gpu_runner: LambdaGpuRunner,
+        pushgateway: PushgatewayResource,
+    ):
         first_seen = json.loads(context.cursor) if context.cursor else {}
         try:
             with gpu_runner.client() as client:
@@ -59,6 +68,8 @@ def build_janitor_sensor(
         except (LambdaCloudError, dg.Failure) as err:
             return dg.SensorResult(skip_reason=f"Lambda Cloud: {err}", cursor=context.cursor)
         live = {i.id for i in instances}
+        ours = sum(is_ours(i, gpu_runner.deployment) for i in instances)
+        _push_tick(pushgateway, gpu_runner.deployment, ours, len(verdicts), now())
         cursor = json.dumps({k: v for k, v in first_seen.items() if k in live})
         events = []
         for verdict in verdicts:
@@ -80,3 +91,23 @@ def build_janitor_sensor(
         return dg.SensorResult(asset_events=events, cursor=cursor, skip_reason=skip)
 
     return _sensor
+
+
+def _push_tick(
+    pushgateway: PushgatewayResource, deployment: str, instances: int, terminated: int, at: float
+) -> None:
+    pushgateway.push(
+        JANITOR_JOB,
+        {"deployment": deployment},
+        {
+            "sophia_gpu_janitor_instances": Figure(
+                "The deployment's Lambda instances the janitor saw on its last tick.", instances
+            ),
+            "sophia_gpu_janitor_terminated_instances": Figure(
+                "Instances the janitor terminated on its last tick.", terminated
+            ),
+            "sophia_gpu_janitor_last_tick_timestamp_seconds": Figure(
+                "When the janitor last looked at the account (Unix time).", at
+            ),
+        },
+    )

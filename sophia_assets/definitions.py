@@ -22,6 +22,7 @@ from resources.image_builder import ImageBuilderResource
 from resources.n8n import N8nResource
 from resources.postgres import PostgresResource
 from resources.pulumi_stacks import PulumiStacksResource
+from resources.pushgateway import PushgatewayResource
 from resources.secret_store import SecretStoreResource
 from resources.vector_index import configured_index
 from sensors.estuary import build_estuary_sensor
@@ -51,6 +52,7 @@ from sophia_assets.freshness import FRESHNESS
 from sophia_assets.home import flow_specs_dir
 from sophia_assets.images.config import deployment_image, load_images
 from sophia_assets.jobs.demo_seed import demo_seed_job
+from sophia_assets.jobs.run_metrics import run_metrics_hook
 from sophia_assets.stacks.catalog import STACKS, n8n_image_spec
 
 # -- the catalog ------------------------------------------------------------------------------
@@ -97,10 +99,13 @@ indexes = [
     for key, (source, index_name) in index_targets.items()
 ]
 
+# With SOPHIA_PUSHGATEWAY_URL set, the data-path jobs push each step's figures.
+run_metrics = run_metrics_hook([*captures, *derived, *indexes])
 main_job = dg.define_asset_job(
     "main",
     selection=dg.AssetSelection.assets(*data_path),
     description="The data path on the configured backends: capture, embed, index.",
+    hooks={run_metrics},
 )
 drain_job = dg.define_asset_job(
     "drain",
@@ -113,6 +118,7 @@ embed_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*embedded),
     description="Embeds what changed in the captured collections (the index follows by "
     "declarative automation); a sensor's run selects its one derivation.",
+    hooks={run_metrics},
 )
 reindex_job = dg.define_asset_job(
     "reindex",
@@ -183,6 +189,7 @@ resources = {
     # its environmentVariables (the production URL and keys).
     "esc": EscResource.from_environment(),
     "n8n": N8nResource(base_url=os.environ.get("SOPHIA_N8N_URL", "http://127.0.0.1:5678")),
+    "pushgateway": PushgatewayResource(),
 }
 
 defs = dg.Definitions(

@@ -50,6 +50,8 @@ def _isolated_environment(
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SOPHIA_HOME", str(tmp_path / "sophia-home"))
+    # No serve a test starts binds the default metrics port; the metrics tests choose theirs.
+    monkeypatch.setenv("SOPHIA_METRICS_ADDR", "off")
     # Model caches are keyed by what they derive from, so one per session is safe, and each
     # test need not export the model again (30-60 s); the ONNX tests isolate their own.
     monkeypatch.setenv("SOPHIA_CACHE", str(_shared_cache(tmp_path_factory)))

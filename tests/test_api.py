@@ -309,3 +309,44 @@ def test_no_input_gets_a_500(client: TestClient, body) -> None:
 def test_no_raw_body_gets_a_500(client: TestClient, raw: bytes, media: str) -> None:
     answer = client.post("/v1/search", content=raw, headers={**AUTH, "Content-Type": media})
     assert 400 <= answer.status_code < 500, (raw, answer.text)
+
+
+def _samples(client: TestClient) -> dict[tuple[str, tuple], float]:
+    """GET /metrics (no key), parsed by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(answer.text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_requests_by_route_template_and_status(client: TestClient, clock) -> None:
+    for key in (1, 2, 99):  # three keys, one route
+        client.get(f"/v1/documents/{key}", headers=AUTH)
+    search(client, {"text": "cats"}, {})  # refused before routing: still its route
+    client.get("/no/such/path", headers=AUTH)
+    clock.tick = 0.0
+    for _ in range(3):  # the 404 took a token too: the third is over the burst of 3
+        search(client, {"text": "cats"})
+    samples = _samples(client)
+
+    def requests(route: str, method: str, status: str) -> float:
+        labels = (("method", method), ("route", route), ("status", status))
+        return samples.get(("sophia_api_requests_total", labels), 0.0)
+
+    documents = "/v1/documents/{source_key}"
+    assert requests(documents, "GET", "200") == 2
+    assert requests(documents, "GET", "404") == 1
+    assert requests("/v1/search", "POST", "401") == 1
+    assert requests("/v1/search", "POST", "200") == 2
+    assert requests("/v1/search", "POST", "429") == 1
+    assert requests("unmatched", "GET", "404") == 1
+    assert samples[("sophia_api_rate_limited_total", ())] == 1
+    # A 404 without a route is one series, whatever the path; no key or path is a label.
+    assert not any("99" in str(labels) or "no/such" in str(labels) for _, labels in samples)
+    assert samples[("sophia_api_request_duration_seconds_count", (("route", "/v1/search"),))] == 4
+    assert samples[("sophia_api_requests_in_flight", ())] == 0

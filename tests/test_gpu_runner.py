@@ -21,6 +21,7 @@ import yaml
 from resources.embedder import EmbedderResource
 from resources.gpu_runner import LambdaGpuRunner, LocalGpuRunner
 from resources.postgres import PostgresResource
+from resources.pushgateway import PushgatewayResource
 from sensors.lambda_janitor import GPU_INSTANCES, build_janitor_sensor
 from sophia_assets.assets.embeddings import vector_updates_asset
 from sophia_assets.catalog.translator import FlowTranslator
@@ -251,7 +252,7 @@ def test_the_heartbeat_goes_on_through_a_long_remote_set_up(sshd, tmp_path, monk
             time.sleep(0.05)  # polling for the set-up to begin
         [run] = instance.get_runs()
         janitor = build_janitor_sensor(heartbeat_timeout_s=2.0)
-        resources = {"gpu_runner": runner}
+        resources = {"gpu_runner": runner, "pushgateway": PushgatewayResource()}
         while marker.stat().st_mtime + 3 > time.time():
             time.sleep(0.1)  # until the set-up has been silent for longer than the timeout
         tick = janitor.evaluate_tick(
@@ -352,7 +353,10 @@ def test_a_killed_run_worker_is_cleaned_up_by_the_janitor(lambda_api, sshd, tmp_
     with dg.DagsterInstance.from_config(str(home)) as instance:
         [run] = instance.get_runs()
         assert run.status == dg.DagsterRunStatus.STARTED  # nobody recorded its death
-        resources = {"gpu_runner": LambdaGpuRunner.from_environment()}
+        resources = {
+            "gpu_runner": LambdaGpuRunner.from_environment(),
+            "pushgateway": PushgatewayResource(),
+        }
         now = time.time()
         fresh = build_janitor_sensor(now=lambda: now)
         context = dg.build_sensor_context(instance=instance, resources=resources)

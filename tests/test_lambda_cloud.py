@@ -275,7 +275,9 @@ def test_janitor_terminates_exactly_the_instances_no_live_run_owns(clock, monkey
     from dagster._core.test_utils import create_run_for_test
 
     from resources.gpu_runner import LambdaGpuRunner
+    from resources.pushgateway import PushgatewayResource
     from sensors.lambda_janitor import build_janitor_sensor
+    from tests.support.contract_servers.pushgateway import LoopbackPushgateway
 
     now = time.time()
     started = dg.DagsterRunStatus.STARTED
@@ -315,12 +317,23 @@ def test_janitor_terminates_exactly_the_instances_no_live_run_owns(clock, monkey
 
         monkeypatch.setenv("SOPHIA_LAMBDA_API_KEY", API_KEY)
         sensor = build_janitor_sensor(now=lambda: now)
-        context = dg.build_sensor_context(
-            instance=instance,
-            cursor=json.dumps(cursor),
-            resources={"gpu_runner": LambdaGpuRunner(api_url=server.url)},
-        )
-        result = sensor.evaluate_tick(context)
+        with LoopbackPushgateway() as gateway:
+            monkeypatch.setenv("SOPHIA_PUSHGATEWAY_URL", gateway.url)
+            context = dg.build_sensor_context(
+                instance=instance,
+                cursor=json.dumps(cursor),
+                resources={
+                    "gpu_runner": LambdaGpuRunner(api_url=server.url),
+                    "pushgateway": PushgatewayResource(),
+                },
+            )
+            result = sensor.evaluate_tick(context)
+        # The tick's figures, for the GPU alerts: the default deployment's instances it saw
+        # (not another deployment's, nor untagged ones) and how many it terminated.
+        pushed = gateway.values({"job": "sophia-gpu-janitor", "deployment": "default"})
+        assert pushed["sophia_gpu_janitor_terminated_instances"] == len(expected)
+        assert pushed["sophia_gpu_janitor_instances"] == len(expected) + 1
+        assert pushed["sophia_gpu_janitor_last_tick_timestamp_seconds"] == now
         reasons = {
             e.metadata["instance_id"].value: e.metadata["reason"].value for e in result.asset_events
         }

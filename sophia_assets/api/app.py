@@ -1,10 +1,11 @@
 """The ASGI application: routes, access control, rate limit and the shape of every error.
 
 Every /v1/ request needs `Authorization: Bearer <key>` (401 with no detail otherwise) and
-passes a per-key rate limit (429 with Retry-After). `/healthz`, `/readyz` and the OpenAPI
-document need no key: probes and clients read them. Errors are JSON `{error, fields:
-[{field, rule}]}`, and bad input is always a 4xx: 400 malformed JSON, 413 too large, 415 not
-JSON, 422 a field breaks a rule. Keys are never logged or echoed, nor is request input."""
+passes a per-key rate limit (429 with Retry-After). `/healthz`, `/readyz`, `/metrics` and the
+OpenAPI document need no key: probes, Prometheus and clients read them. Errors are JSON
+`{error, fields: [{field, rule}]}`, and bad input is always a 4xx: 400 malformed JSON, 413 too
+large, 415 not JSON, 422 a field breaks a rule. Keys are never logged or echoed, nor is
+request input."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from sophia_assets.api.models import (
 )
 from sophia_assets.api.ratelimit import RateLimiter, retry_after
 from sophia_assets.api.service import SearchService
+from sophia_assets.metrics.api import ApiMetrics, Instrumented
 
 log = logging.getLogger("sophia.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -47,7 +49,14 @@ ERRORS = {
 }
 
 
-def create_app(service: SearchService, keys: ApiKeys, limiter: RateLimiter) -> FastAPI:
+def create_app(
+    service: SearchService,
+    keys: ApiKeys,
+    limiter: RateLimiter,
+    metrics: ApiMetrics | None = None,
+) -> FastAPI:
+    """`metrics` (GET /metrics, no key) defaults to a registry of the application's own."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.warm_up()
@@ -63,6 +72,8 @@ def create_app(service: SearchService, keys: ApiKeys, limiter: RateLimiter) -> F
     )
 
     app.add_middleware(Guard, keys=keys, limiter=limiter)
+    # Added last, so outermost: refusals by the guard are counted and timed too.
+    app.add_middleware(Instrumented, metrics=metrics or ApiMetrics(), routes=app.router.routes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

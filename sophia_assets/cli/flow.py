@@ -90,13 +90,24 @@ def serve_captures(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    runners = capture_runners(on_batch=log_batch)
+    from sophia_assets.cli import serve_metrics
+    from sophia_assets.postgres.embedded_server import postgres_url
+
+    metrics = serve_metrics.start_serve_metrics(postgres_url())
+    runners = capture_runners(on_batch=serve_metrics.capture_observer(metrics, log_batch))
     tasks = {r.settings.task: r for r in runners}
     captures = set(tasks)
+    live = []
     if not args.captures_only:
         from sophia_assets.cli.live import live_tasks
 
-        tasks.update((t.task.task, t) for t in live_tasks(on_batch=log_task_batch))
+        live = live_tasks(on_batch=serve_metrics.task_observer(metrics, log_task_batch))
+        tasks.update((t.task.task, t) for t in live)
+    if metrics is not None:
+        for runner in runners:
+            serve_metrics.watch_capture(metrics, runner)
+        for task in live:
+            serve_metrics.watch_live_task(metrics, task)
     died: dict[str, BaseException] = {}
 
     def serve(name: str, task) -> None:

@@ -11,13 +11,21 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sophia_assets.embedding.derivation import EmbedReport
+from sophia_assets.embedding.index_sync import SyncReport
 from sophia_assets.flow.continuous import ContinuousTask
+
+# A task's batch committed: (task, source documents read, the task's report).
+OnBatch = Callable[[str, int, "EmbedReport | SyncReport"], None]
 
 
 @dataclass
 class LiveTask:
     task: ContinuousTask
     prepare: Callable[[], object]  # loads what the task needs before it serves (the model)
+    report: EmbedReport | SyncReport  # what it has done, kept for the process's life
+    source: str  # the collection it reads
+    writes: tuple[str, ...] = ()  # the collections it journals into
 
     def serve(self, stop: threading.Event) -> None:
         self.prepare()
@@ -33,14 +41,14 @@ def batch_cap() -> int:
     return int(os.environ.get("SOPHIA_LIVE_BATCH_DOCUMENTS", BATCH_DOCUMENTS))
 
 
-def live_tasks(on_batch) -> list[LiveTask]:
+def live_tasks(on_batch: OnBatch) -> list[LiveTask]:
     """The derivations and index materializations of the catalog, as continuous tasks."""
     from resources.embedder import EmbedderResource
     from resources.postgres import PostgresResource
     from resources.vector_index import configured_index
     from sophia_assets.catalog import load_catalog
-    from sophia_assets.embedding.derivation import EmbedReport, VectorUpdates
-    from sophia_assets.embedding.index_sync import IndexSync, SyncReport
+    from sophia_assets.embedding.derivation import VectorUpdates
+    from sophia_assets.embedding.index_sync import IndexSync
     from sophia_assets.home import flow_specs_dir
 
     catalog = load_catalog(flow_specs_dir())
@@ -58,9 +66,12 @@ def live_tasks(on_batch) -> list[LiveTask]:
                     derivation.source.name,
                     lambda conn, lease, d=derivation, r=embedded: d.step(conn, lease, r),
                     url,
-                    on_batch=on_batch,
+                    on_batch=lambda task, n, r=embedded: on_batch(task, n, r),
                 ),
                 derivation.embedder,
+                embedded,
+                derivation.source.name,
+                (collection.name,),
             )
         )
     index = configured_index(postgres)
@@ -77,9 +88,11 @@ def live_tasks(on_batch) -> list[LiveTask]:
                     binding.source,
                     lambda conn, lease, s=sync, r=applied: s.step(conn, lease, r),
                     url,
-                    on_batch=on_batch,
+                    on_batch=lambda task, n, r=applied: on_batch(task, n, r),
                 ),
                 lambda: None,
+                applied,
+                binding.source,
             )
         )
     return tasks

@@ -6,7 +6,7 @@ with the rest."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg2
 
@@ -28,6 +28,8 @@ class SyncReport:
     quarantined: int = 0
     lag_documents: int = 0
     lag_seconds: float | None = None
+    documents: int = 0  # vector update documents read
+    searchable_s: list[float] = field(default_factory=list)  # the last batch's, per document
 
 
 def sync_index(
@@ -103,8 +105,11 @@ class IndexSync:
                 self.index.apply(upserts, deletes, rows[-1][0])
         finally:
             self.index.offsets.fence = None
-        record_searchable(conn, self.index.name, self.collection, (rows[0][0], rows[-1][0]))
+        report.searchable_s = record_searchable(
+            conn, self.index.name, self.collection, (rows[0][0], rows[-1][0])
+        )
         report.applied_offset = rows[-1][0]
+        report.documents += len(rows)
         report.upserts += len(upserts)
         report.deletes += len(deletes)
         report.batches += 1

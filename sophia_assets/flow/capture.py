@@ -29,7 +29,7 @@ from sophia_assets.flow.replication import CaptureBusy, LoginRotated, Session
 from sophia_assets.flow.source import drop_slot, ensure_watermarks_table
 from sophia_assets.flow.tasks import capture_lock
 from sophia_assets.flow.watermarks import DRAIN, write_watermark
-from sophia_assets.flow.writer import CollectionFigures
+from sophia_assets.flow.writer import CollectionFigures, Commit
 
 # Change was defined here before documents.py; the embedding derivation still imports it here.
 __all__ = ["CaptureBusy", "CaptureReport", "CaptureRunner", "Change", "LoginRotated"]
@@ -45,10 +45,19 @@ class CaptureReport:
     batches: int = 0
     backfilled_rows: int = 0
     collections: dict[str, CollectionFigures] = field(default_factory=dict)
+    last_commit: Commit | None = None
 
     @property
     def documents(self) -> int:
         return sum(c.documents for c in self.collections.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.collections.values())
+
+    @property
+    def quarantined(self) -> int:
+        return sum(c.quarantined for c in self.collections.values())
 
 
 class CaptureRunner:
@@ -68,6 +77,7 @@ class CaptureRunner:
         self.report = CaptureReport(task=capture.name)
         # Set while a session of this runner is streaming from its slot.
         self.streaming = threading.Event()
+        self.reconnects = 0  # after a lost connection, for the serve's metrics
 
     @property
     def source_url(self) -> str:
@@ -106,6 +116,7 @@ class CaptureRunner:
                     raise
                 if stop.is_set():
                     break
+                self.reconnects += 1
                 delay = backoff.next_delay()
                 log.warning(
                     "capture %s lost its connection (%s); reconnecting in %.1f s",

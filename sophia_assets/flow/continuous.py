@@ -53,9 +53,15 @@ class ContinuousTask:
         self.on_batch = on_batch
         self.owner = leases.new_owner(leases.SERVE)
         self.handovers = 0
+        self.reconnects = 0
         self._lease: leases.Lease | None = None
         self._heartbeat: leases.Heartbeat | None = None
         self._lease_news = False  # a lease:<task> notification not yet looked into
+
+    @property
+    def serving(self) -> bool:
+        """Whether it holds its task's lease now."""
+        return self._lease is not None
 
     def serve(self, stop: threading.Event) -> None:
         """Runs until `stop` is set, reconnecting when the database goes away; lets go of the
@@ -68,6 +74,7 @@ class ContinuousTask:
             except psycopg2.Error as err:
                 if not connection_lost(err) or stop.is_set():
                     raise
+                self.reconnects += 1
                 delay = backoff.next_delay()
                 log.warning(
                     "%s lost its connection (%s); reconnecting in %.1f s",

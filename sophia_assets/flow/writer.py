@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,18 @@ log = logging.getLogger("sophia.flow")
 class CollectionFigures:
     documents: int = 0
     quarantined: int = 0
+    bytes: int = 0  # of the journaled documents' JSON
     first_offset: int | None = None
     last_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A committed batch, for the capture-latency histogram: when it committed (Unix time)
+    and the source commit times (ms) of its changes; backfilled rows have none."""
+
+    at: float
+    source_ts_ms: list[int]
 
 
 @dataclass
@@ -47,7 +58,8 @@ class JournalWriter:
         figures: Any,
         on_commit: Callable[[int], None],
     ):
-        """`figures` (the capture's report) gets `batches` and per-collection figures."""
+        """`figures` (the capture's report) gets `batches`, per-collection figures and
+        `last_commit`, set before `on_commit` is called."""
         self._conn = conn
         self._task = task
         self._offsets = next_offsets
@@ -109,6 +121,9 @@ class JournalWriter:
                 if self.error is not None:
                     continue  # dropped: never confirmed, so captured again after a restart
                 self._write(batch)
+                self.figures.last_commit = Commit(
+                    time.time(), [c.source_ts_ms for c in batch.changes if c.source_ts_ms]
+                )
                 self._committed.put(batch.lsn)
                 self._on_commit(batch.lsn)
             except BaseException as err:  # handed to the capture's thread
@@ -204,6 +219,7 @@ def write_changes(cur, name: str, items: list[Change], first_offset: int, figure
         journal.append(cur, name, first_offset, entries, texts)
         journal.write_reduced(cur, name, reduced, existing, texts)
         collection_figures.documents += len(entries)
+        collection_figures.bytes += sum(len(text.encode()) for text in texts.values())
         if collection_figures.first_offset is None:
             collection_figures.first_offset = first_offset
         collection_figures.last_offset = offset - 1

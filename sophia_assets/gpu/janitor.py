@@ -28,6 +28,14 @@ class Verdict:
     reason: str
 
 
+def is_ours(instance: Instance, deployment: str) -> bool:
+    """Rented by this deployment's GPU runner."""
+    return (
+        instance.tags.get(OURS_TAG) == "embedding"
+        and instance.tags.get(DEPLOYMENT_TAG) == deployment
+    )
+
+
 def judge(
     instances: list[Instance],
     dagster: dg.DagsterInstance,
@@ -39,9 +47,7 @@ def judge(
 ) -> list[Verdict]:
     verdicts = []
     for instance in instances:
-        if instance.tags.get(OURS_TAG) != "embedding" or instance.status in (*GONE, "terminating"):
-            continue
-        if instance.tags.get(DEPLOYMENT_TAG) != deployment:
+        if not is_ours(instance, deployment) or instance.status in (*GONE, "terminating"):
             continue
         age = now - first_seen.setdefault(instance.id, now)
         reason = _reason(instance, dagster, age, now, heartbeat_timeout_s, max_age_s)

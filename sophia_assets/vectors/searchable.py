@@ -27,23 +27,27 @@ class SearchableFigures:
         return figures
 
 
-def record_searchable(conn, index: str, collection: str, offsets: tuple[int, int]) -> None:
+def record_searchable(conn, index: str, collection: str, offsets: tuple[int, int]) -> list[float]:
     """Called once the index acknowledged the vector updates at `offsets` (inclusive): the
-    time is taken now, so it is never earlier than the moment they became searchable."""
+    time is taken now, so it is never earlier than the moment they became searchable.
+    Returns each recorded document's commit-to-searchable seconds."""
     with conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO flow.searchable (index, source_key, source_ts) "
             "SELECT %s, regexp_replace(key->>0, ':[0-9]+$', ''), max(source_ts) "
             'FROM flow.journal WHERE collection = %s AND "offset" BETWEEN %s AND %s '
-            "AND source_ts IS NOT NULL GROUP BY 2",
+            "AND source_ts IS NOT NULL GROUP BY 2 "
+            "RETURNING extract(epoch FROM searchable_at - source_ts)::float8",
             (index, collection, *offsets),
         )
-        if cur.rowcount:
+        seconds = [row[0] for row in cur.fetchall()]
+        if seconds:
             cur.execute(
                 "DELETE FROM flow.searchable WHERE index = %s "
                 "AND searchable_at < now() - %s::interval",
                 (index, KEEP),
             )
+    return seconds
 
 
 def searchable_figures(cur, index: str, window_minutes: float) -> SearchableFigures:
