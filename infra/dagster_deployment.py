@@ -5,12 +5,18 @@ images/code-location built, pinned by digest); the platform's secrets (Postgres 
 and Lambda keys) go into the Secret `sophia-platform` from the stack's secret config (ESC),
 and Dagster's own Postgres password into `dagster-postgresql-secret`. A network policy lets
 only the chart's webserver and daemon pods reach the code server's gRPC port: the code server
-runs any op it is asked to, so nothing else in the cluster may ask."""
+runs any op it is asked to, so nothing else in the cluster may ask. The monitoring goes with
+it as ConfigMaps: the Grafana dashboard (sophia_assets.metrics.dashboard), labelled for the
+Grafana chart's dashboard sidecar, and deploy/monitoring/alerts.yaml, labelled for Prometheus."""
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from sophia_assets.home import PROJECT_ROOT
 from sophia_assets.images.helm_values import chart_values
+from sophia_assets.metrics.dashboard import dashboard_json
+
+ALERT_RULES = PROJECT_ROOT / "deploy" / "monitoring" / "alerts.yaml"
 
 PLATFORM_SECRETS = {
     "SOPHIA_POSTGRES_URL": "postgresUrl",
@@ -37,6 +43,7 @@ def program() -> None:
     )
     values = chart_values(image)
     _code_server_policy(namespace.metadata["name"], values)
+    _monitoring(namespace.metadata["name"])
     release = k8s.helm.v3.Release(
         "dagster",
         chart="dagster",
@@ -70,4 +77,27 @@ def _code_server_policy(namespace, values: dict) -> None:
                 }
             ],
         },
+    )
+
+
+def _monitoring(namespace) -> None:
+    # Labels, not API calls: the Grafana chart's sidecar loads every ConfigMap labelled
+    # grafana_dashboard, and the Prometheus setup loads the rules labelled prometheus_rule.
+    k8s.core.v1.ConfigMap(
+        "sophia-grafana-dashboard",
+        metadata={
+            "name": "sophia-grafana-dashboard",
+            "namespace": namespace,
+            "labels": {"grafana_dashboard": "1"},
+        },
+        data={"sophia.json": dashboard_json()},
+    )
+    k8s.core.v1.ConfigMap(
+        "sophia-prometheus-rules",
+        metadata={
+            "name": "sophia-prometheus-rules",
+            "namespace": namespace,
+            "labels": {"prometheus_rule": "1"},
+        },
+        data={ALERT_RULES.name: ALERT_RULES.read_text()},
     )

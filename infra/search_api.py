@@ -5,14 +5,18 @@ change of the image cannot quietly run it as root. API keys, the platform's Post
 Pinecone's settings come from the stack's secret config (ESC) through one Secret. The pods are
 ready when /readyz says the model is loaded, the index reachable and its lag under the
 threshold; alive while /healthz answers. The HPA scales 2..10 on 70% CPU (a query is CPU-bound
-embedding). Network policies admit only the ingress controller's namespace to the API port and
-let the pods out only to DNS, Postgres and HTTPS (Pinecone)."""
+embedding). Network policies admit only the ingress controller's namespace to the API port, and
+Prometheus' namespace for /metrics (the pods carry the `prometheus.io/*` annotations that
+deploy/monitoring/prometheus-k8s.yml discovers), and let the pods out only to DNS, Postgres and
+HTTPS (Pinecone)."""
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 PORT = 8080
 LABELS = {"app": "sophia-search-api"}
+SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
+          "prometheus.io/path": "/metrics"}  # fmt: skip
 RESOURCES = {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "3Gi"}}
 # Stack secret config key -> the environment variable the service reads.
 SECRETS = {
@@ -28,6 +32,7 @@ def program() -> None:
     namespace_name = config.get("namespace") or "sophia-search"
     image = config.require("searchApiImage")
     ingress_namespace = config.get("ingressNamespace") or "ingress-nginx"
+    monitoring_namespace = config.get("monitoringNamespace") or "monitoring"
     postgres_cidr = config.get("postgresCidr") or "10.0.0.0/8"
     max_lag = config.get("maxLagSeconds") or "300"
 
@@ -75,7 +80,7 @@ def program() -> None:
             "replicas": 2,
             "selector": {"matchLabels": LABELS},
             "template": {
-                "metadata": {"labels": LABELS},
+                "metadata": {"labels": LABELS, "annotations": SCRAPE},
                 "spec": {
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -114,13 +119,18 @@ def program() -> None:
             ],
         },
     )
-    _network_policies(meta, ingress_namespace, postgres_cidr)
+    _network_policies(meta, ingress_namespace, monitoring_namespace, postgres_cidr)
     pulumi.export("namespace", namespace.metadata["name"])
     pulumi.export("image", image)
     pulumi.export("url", f"http://search-api.{namespace_name}.svc")
 
 
-def _network_policies(meta, ingress_namespace: str, postgres_cidr: str) -> None:
+NAMESPACE_NAME = "kubernetes.io/metadata.name"  # the label Kubernetes puts on every namespace
+
+
+def _network_policies(
+    meta, ingress_namespace: str, monitoring_namespace: str, postgres_cidr: str
+) -> None:
     k8s.networking.v1.NetworkPolicy(
         "search-api-default-deny",
         metadata=meta("default-deny"),
@@ -135,11 +145,8 @@ def _network_policies(meta, ingress_namespace: str, postgres_cidr: str) -> None:
             "ingress": [
                 {
                     "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {"kubernetes.io/metadata.name": ingress_namespace}
-                            }
-                        }
+                        {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME: namespace}}}
+                        for namespace in (ingress_namespace, monitoring_namespace)
                     ],
                     "ports": [{"port": PORT}],
                 }

@@ -236,6 +236,12 @@ def test_search_api_serves_the_image_as_non_root_and_probes_readyz(search_api) -
     assert "--port" in container["command"] and "8080" in container["command"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8080}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    # what deploy/monitoring/prometheus-k8s.yml discovers the pods by
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert _env(container)["SOPHIA_API_KEYS"] == {
         "secretKeyRef": {"name": "search-api", "key": "SOPHIA_API_KEYS"}
@@ -253,13 +259,16 @@ def test_search_api_scales_on_cpu(search_api) -> None:
     assert spec["metrics"][0]["resource"]["name"] == "cpu"
 
 
-def test_search_api_admits_only_the_ingress_namespace(search_api) -> None:
+def test_search_api_admits_only_the_ingress_and_monitoring_namespaces(search_api) -> None:
     policies = search_api[0].of("kubernetes:networking.k8s.io/v1:NetworkPolicy")
     deny = policies["search-api-default-deny"]["spec"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     [rule] = policies["search-api-ingress"]["spec"]["ingress"]
     assert rule == {
-        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}],
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+            for name in ("edge", "monitoring")  # the ingress controller's, Prometheus'
+        ],
         "ports": [{"port": 8080}],
     }
     egress = policies["search-api-egress"]["spec"]["egress"]
