@@ -7,7 +7,10 @@
   `serve` running;
 - one large transaction (1,000,000 rows by default): the drain's time, the documents
   journaled (exactly once: one per row) and the process's peak RSS, which the batch limits
-  bound (the floor's pg_recvlogical holds one message at a time).
+  bound (the floor's pg_recvlogical holds one message at a time);
+- metrics on against off (`--metrics both`, the default): the bulk drain and the latency
+  phase again with `sophia flow serve`'s metrics observed and served, and scraped every
+  second as Prometheus would, side by side with the runs without.
 
 Everything runs in a scratch database on the platform's Postgres, dropped afterwards.
 """
@@ -70,6 +73,10 @@ class CdcFigures:
     big_tx_documents: int = 0
     rss_before_mb: float = 0.0
     peak_rss_mb: float = 0.0
+    metered_journal_seconds: float = 0.0  # the same bulk drain with metrics on
+    metered_latency_p50_ms: float = 0.0
+    metered_latency_p99_ms: float = 0.0
+    scrapes: int = 0
 
     @property
     def floor_rows_per_s(self) -> float:
@@ -97,6 +104,19 @@ class CdcFigures:
             "big_tx_documents": self.big_tx_documents,
             "rss_before_big_tx_mb": round(self.rss_before_mb),
             "peak_rss_mb": round(self.peak_rss_mb),
+            **self._metered(),
+        }
+
+    def _metered(self) -> dict:
+        if not self.metered_journal_seconds:
+            return {}
+        rows_per_s = self.rows / self.metered_journal_seconds
+        return {
+            "metrics_on_journal_rows_per_s": round(rows_per_s),
+            "metrics_on_ratio_to_off": round(rows_per_s / self.journal_rows_per_s, 3),
+            "metrics_on_latency_p50_ms": round(self.metered_latency_p50_ms, 3),
+            "metrics_on_latency_p99_ms": round(self.metered_latency_p99_ms, 3),
+            "metrics_scrapes": self.scrapes,
         }
 
 
@@ -108,6 +128,7 @@ def run_cdc_bench(
     seconds: float,
     big_tx_rows: int = 0,
     say=print,
+    metrics: bool = True,
 ) -> CdcFigures:
     # First, while this process's peak RSS is still the set-up's; in a database of its own,
     # so the phases below run on empty journals as they always have.
@@ -118,21 +139,16 @@ def run_cdc_bench(
     with scratch_database(platform_url, "cdc") as url:
         _sql(url, BENCH_TABLE_DDL)
 
-        def new_runner() -> CaptureRunner:
-            return CaptureRunner(capture, catalog, url, url)
+        def new_runner(meter: Meter | None = None) -> CaptureRunner:
+            runner = CaptureRunner(capture, catalog, url, url)
+            return meter.watch(runner) if meter else runner
 
         runner = new_runner()
         runner.drain()  # slot, publication, empty backfill: set-up is not measured
         _sql(url, f"SELECT pg_create_logical_replication_slot('{floor_slot}', 'pgoutput')")
 
         say(f"writing {rows} rows in transactions of 10,000...")
-        for first in range(0, rows, 10_000):
-            _sql(
-                url,
-                "INSERT INTO documents (id, title, body) SELECT g, 'bulk ' || g, "
-                "repeat('lorem ipsum ', 10) || g FROM generate_series(%s, %s) g",
-                (first + 1, min(rows, first + 10_000)),
-            )
+        _write_bulk(url, 1, rows)
         end_lsn = _sql(url, "SELECT pg_current_wal_lsn()::text")[0][0]
 
         floor = _time(lambda: _recvlogical(url, floor_slot, publication, end_lsn))
@@ -143,7 +159,8 @@ def run_cdc_bench(
         # Steady state: the bulk phase's vacuum and checkpoint are not the latency phase's.
         _settle(url)
         latency = _steady_latency(new_runner, url, rate, seconds, first_id=rows + 1, say=say)
-    return CdcFigures(
+        metered = _metered_phases(new_runner, url, rows, rate, seconds, say) if metrics else None
+    figures = CdcFigures(
         rows,
         floor,
         journal_s,
@@ -154,6 +171,80 @@ def run_cdc_bench(
         latency.max_ms or 0.0,
         *(big or ()),
     )
+    if metered:
+        figures.metered_journal_seconds, metered_latency, figures.scrapes = metered
+        figures.metered_latency_p50_ms = metered_latency.p50_ms or 0.0
+        figures.metered_latency_p99_ms = metered_latency.p99_ms or 0.0
+    return figures
+
+
+class Meter:
+    """`sophia flow serve`'s capture metrics, served on a free port and scraped each
+    `interval_s` by a thread, as Prometheus would."""
+
+    def __init__(self, journal_url: str, interval_s: float = 1.0):
+        from prometheus_client import CollectorRegistry
+
+        from sophia_assets.metrics.exposition import Address, serve_metrics
+        from sophia_assets.metrics.serve import ServeMetrics
+
+        registry = CollectorRegistry()
+        self.metrics = ServeMetrics(registry, journal_url)
+        self.address = serve_metrics(registry, Address("127.0.0.1", 0))
+        self.interval_s = interval_s
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scrape, daemon=True)
+        self._thread.start()
+
+    def watch(self, runner: CaptureRunner) -> CaptureRunner:
+        from sophia_assets.cli.serve_metrics import capture_observer, watch_capture
+
+        runner.on_batch = capture_observer(self.metrics, runner.on_batch)
+        watch_capture(self.metrics, runner)
+        return runner
+
+    def _scrape(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.interval_s):
+            with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=10) as page:
+                page.read()
+            self.scrapes += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def _metered_phases(new_runner, url: str, rows: int, rate: float, seconds: float, say):
+    """The bulk drain and the latency phase again, with metrics on: (drain seconds,
+    latency figures, scrapes). Fresh rows of the same shape, so the journal is twice as
+    long as in the phases without: if anything that favours off."""
+    meter = Meter(url)
+    try:
+        say(f"metrics on: writing {rows} more rows...")
+        _write_bulk(url, 2 * rows + int(rate * seconds) + 1, rows)
+        journal_s = _time(new_runner(meter).drain)
+        say(f"metrics on: {rows} rows into durable journals in {journal_s:.2f} s")
+        _settle(url)
+        first_id = 3 * rows + 2 * int(rate * seconds) + 2
+        latency = _steady_latency(
+            lambda: new_runner(meter), url, rate, seconds, first_id=first_id, say=say
+        )
+    finally:
+        meter.close()
+    return journal_s, latency, meter.scrapes
+
+
+def _write_bulk(url: str, first_id: int, rows: int) -> None:
+    for first in range(first_id, first_id + rows, 10_000):
+        _sql(
+            url,
+            "INSERT INTO documents (id, title, body) SELECT g, 'bulk ' || g, "
+            "repeat('lorem ipsum ', 10) || g FROM generate_series(%s, %s) g",
+            (first, min(first_id + rows - 1, first + 9_999)),
+        )
 
 
 def _peak_rss_mb() -> float:
@@ -277,6 +368,14 @@ def print_figures(figures: CdcFigures, as_json: bool) -> None:
         f"p50 {data['latency_p50_ms']} ms, p99 {data['latency_p99_ms']} ms, "
         f"max {data['latency_max_ms']} ms"
     )
+    if figures.metered_journal_seconds:
+        print(
+            f"metrics on (scraped every second, {data['metrics_scrapes']} scrapes): "
+            f"{data['metrics_on_journal_rows_per_s']:,} rows/s against "
+            f"{data['journal_rows_per_s']:,} off (ratio {data['metrics_on_ratio_to_off']}); "
+            f"latency p50 {data['metrics_on_latency_p50_ms']} ms, "
+            f"p99 {data['metrics_on_latency_p99_ms']} ms against {data['latency_p99_ms']} off"
+        )
     if figures.big_tx_rows:
         print(
             f"one transaction of {figures.big_tx_rows:,} rows: "
@@ -298,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1_000_000,
         help="rows of the one large transaction (1000000; 0 skips it)",
     )
+    parser.add_argument(
+        "--metrics",
+        choices=["both", "off"],
+        default="both",
+        help="both: also run the bulk and latency phases with serve's metrics on (both)",
+    )
     add_json_flag(parser)
     args = parser.parse_args(argv)
     from sophia_assets.catalog import load_catalog
@@ -312,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds,
         args.big_tx_rows,
         say=say,
+        metrics=args.metrics == "both",
     )
     print_figures(figures, args.json)
     return 0

@@ -33,6 +33,8 @@ CASES = {
             "latency_p99_ms",
             "big_tx_documents",
             "peak_rss_mb",
+            "metrics_on_ratio_to_off",
+            "metrics_on_latency_p99_ms",
         },
     ),
     "embed": (

@@ -70,7 +70,9 @@ class ServeMetrics:
         registry.register(_PositionCollector(journal_url, self.tasks))
 
     def watch(self, task: WatchedTask) -> None:
-        self.tasks.append(task)
+        """Scrapes read `task`'s figures from now on, instead of any earlier task's of that
+        name (one series per task)."""
+        self.tasks[:] = [t for t in self.tasks if t.task != task.task] + [task]
 
     def captured(self, task: str, committed_at: float, source_ts_ms: Iterable[int]) -> None:
         """A capture's batch committed at `committed_at` (epoch seconds)."""
