@@ -145,3 +145,16 @@ def test_concurrent_requests_all_succeed(served: ServedApi, source: str) -> None
     answers = asyncio.run(drive())
     assert [a.status_code for a in answers] == [200] * len(queries)
     assert all(len(a.json()["results"]) == 5 for a in answers)
+    # The service's own /metrics (no key) counted every one of them, and none is in flight.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = httpx.get(f"{served.url}/metrics")
+    assert page.status_code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(page.text)
+        for s in family.samples
+    }
+    ok = (("method", "POST"), ("route", "/v1/search"), ("status", "200"))
+    assert samples[("sophia_api_requests_total", ok)] >= len(queries)
+    assert samples[("sophia_api_requests_in_flight", ())] == 0

@@ -27,7 +27,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         description="Runs the catalog's tasks continuously: each capture, each embedding "
         "derivation (model loaded once, micro-batches as changes commit) and each vector "
         "index materialization, each resuming from its own checkpoint. Dagster runs of the "
-        "same assets take a task over (its lease) and hand it back when they finish.",
+        "same assets take a task over (its lease) and hand it back when they finish. "
+        "Prometheus metrics are served on SOPHIA_METRICS_ADDR (127.0.0.1:9464; `off` for "
+        "none; docs/monitoring.md).",
     )
     serve.add_argument(
         "--captures-only",
