@@ -3,8 +3,12 @@ holds before any database answers, and the histograms' seconds."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -87,3 +91,22 @@ def test_a_scrape_reads_each_tasks_figures_and_says_when_the_journal_is_down() -
     assert samples[(f"{latency}_sum", task)] == pytest.approx(0.110)
     assert samples[(f"{latency}_bucket", (("le", "0.05"), *task))] == 2
     assert samples[(f"{latency}_bucket", (("le", "0.1"), *task))] == 3
+
+
+def test_serve_on_a_taken_port_exits_saying_which_variable_moves_it() -> None:
+    sophia = Path(sys.executable).parent / "sophia"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = {
+            **os.environ,
+            "SOPHIA_METRICS_ADDR": address,
+            "SOPHIA_POSTGRES_URL": "postgresql://nobody@127.0.0.1:1/none",  # never reached
+        }
+        result = subprocess.run(
+            [str(sophia), "flow", "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert f"cannot serve metrics on {address}" in result.stderr
+    assert "set SOPHIA_METRICS_ADDR to a free host:port, or 'off'" in result.stderr
