@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from sophia_assets.checks import cdc_latency, searchable_latency
 from sophia_assets.freshness import FRESHNESS
+from tests.support import metric_families as families
 from tests.support.paths import REPO
 from tests.support.prometheus import LoopbackPrometheus, PrometheusUnavailable, promtool
 
@@ -32,35 +33,7 @@ ALERT_TESTS = MONITORING / "alerts_test.yaml"
 LOCAL_CONFIG = MONITORING / "prometheus.yml"
 K8S_CONFIG = MONITORING / "prometheus-k8s.yml"
 CLI_REFERENCE = REPO / "docs" / "cli.md"
-# The families the platform exports (docs/monitoring.md), histograms by their base name: an
-# alert on a name nobody exports would never fire.
-EXPORTED = {
-    "up",
-    "sophia_flow_documents_total",
-    "sophia_flow_bytes_total",
-    "sophia_flow_quarantined_total",
-    "sophia_flow_batches_total",
-    "sophia_flow_reconnects_total",
-    "sophia_flow_task_serving",
-    "sophia_flow_journal_up",
-    "sophia_flow_journal_offset",
-    "sophia_flow_task_offset",
-    "sophia_flow_lag_documents",
-    "sophia_flow_lag_seconds",
-    "sophia_flow_last_checkpoint_timestamp_seconds",
-    "sophia_flow_capture_latency_seconds",
-    "sophia_flow_searchable_latency_seconds",
-    "sophia_api_requests_total",
-    "sophia_api_request_duration_seconds",
-    "sophia_api_requests_in_flight",
-    "sophia_api_rate_limited_total",
-    "sophia_run_last_success_timestamp_seconds",
-    "sophia_run_documents",
-    "sophia_run_documents_per_second",
-    "sophia_gpu_janitor_terminated_instances",
-    "sophia_gpu_janitor_last_tick_timestamp_seconds",
-}
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+EXPORTED = families.EXPORTED | {"up"}  # Prometheus' own `up` of each scrape job
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -212,7 +185,9 @@ def test_alerts_read_only_exported_metrics() -> None:
     for rule in _rules():
         expr = re.sub(r"\{[^}]*\}", "", rule["expr"])  # label values are not metric names
         for name in set(re.findall(r"\b(?:sophia_\w+|up)\b", expr)):
-            base = next((name[: -len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s)), name)
+            base = next(
+                (name[: -len(s)] for s in families.HISTOGRAM_SUFFIXES if name.endswith(s)), name
+            )
             assert name in EXPORTED or base in EXPORTED, f"{rule['alert']}: {name} is not exported"
 
 

@@ -17,6 +17,7 @@ import pytest
 from sophia_assets.demo.corpus import load_corpus
 from sophia_assets.demo.seed import DOCUMENTS_DDL
 from tests.support.cdc import catalog_copy, drop_database, flow_process, new_database, sql
+from tests.support.processes import stop_and_show
 
 INDEX = 'vectors."sophia-ai-vectors"'
 TIMEOUT_S = 120
@@ -37,13 +38,7 @@ def serve(database: str, tmp_path: Path) -> Iterator[subprocess.Popen]:
     specs = catalog_copy(tmp_path, slot=f"live_{tmp_path.name[-12:].lower()}")
     process = flow_process(database, specs, "serve", env={"SOPHIA_LIVE_BATCH_DOCUMENTS": "4"})
     yield process
-    process.terminate()
-    try:
-        _, err = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, err = process.communicate()
-    print(err[-4000:])
+    stop_and_show(process)
 
 
 def _until(condition: Callable[[], bool], process: subprocess.Popen, what: str) -> None:

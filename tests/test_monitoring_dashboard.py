@@ -5,10 +5,7 @@ are valid PromQL, and the `dagster` stack provisions it next to the alert rules.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,42 +13,14 @@ import yaml
 
 from sophia_assets.home import PROJECT_ROOT
 from sophia_assets.metrics.dashboard import dashboard_json
+from tests.support.metric_families import HISTOGRAMS, SERIES
+from tests.support.prometheus import promtool
 from tests.test_infra_programs import DAGSTER_SECRETS, _run
 
 COMMITTED = PROJECT_ROOT / "deploy" / "monitoring" / "dashboard.json"
 DATA_PATH = ["Capture", "Derivation", "Index", "API", "Quarantine", "Health"]
 
-# The exported families (docs/monitoring.md): a renamed metric must break this test.
-COUNTERS = {
-    "sophia_flow_documents_total",
-    "sophia_flow_bytes_total",
-    "sophia_flow_quarantined_total",
-    "sophia_flow_batches_total",
-    "sophia_flow_reconnects_total",
-    "sophia_api_requests_total",
-    "sophia_api_rate_limited_total",
-}
-GAUGES = {
-    "sophia_flow_task_serving",
-    "sophia_flow_journal_up",
-    "sophia_flow_journal_offset",
-    "sophia_flow_task_offset",
-    "sophia_flow_lag_documents",
-    "sophia_flow_lag_seconds",
-    "sophia_flow_last_checkpoint_timestamp_seconds",
-    "sophia_api_requests_in_flight",
-    "sophia_run_last_success_timestamp_seconds",
-    "sophia_run_documents",
-    "sophia_run_documents_per_second",
-    "sophia_gpu_janitor_terminated_instances",
-    "sophia_gpu_janitor_last_tick_timestamp_seconds",
-}
-HISTOGRAMS = {
-    "sophia_flow_capture_latency_seconds",
-    "sophia_flow_searchable_latency_seconds",
-    "sophia_api_request_duration_seconds",
-}
-SERIES = COUNTERS | GAUGES | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+# The scrape jobs of deploy/monitoring/prometheus.yml a panel may name.
 JOBS = {"sophia-flow-serve", "sophia-search-api", "sophia-runs"}
 
 # Grafana's own variables are not PromQL; promtool sees typical values instead.
@@ -162,25 +131,6 @@ def _promql(expr: str) -> str:
     return expr
 
 
-PROMTOOL = Path("/usr/bin/promtool")
-
-
-def ensure_promtool() -> Path:
-    """Debian's promtool, installed (as tests/support/sshd.py installs sshd) when missing."""
-    if found := shutil.which("promtool"):
-        return Path(found)
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("promtool is missing and this user cannot `apt-get install prometheus`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:  # stale package lists: refresh once
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert PROMTOOL.exists(), f"apt-get install prometheus failed: {result.stderr[-800:]}"
-    return PROMTOOL
-
-
 @pytest.mark.slow
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     # promtool parses a recording rule's expression as Prometheus would, so each query
@@ -191,12 +141,7 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     ]
     path = tmp_path / "dashboard-queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run(
-        [str(ensure_promtool()), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 

@@ -43,3 +43,15 @@ def _run(
         timeout=300,
         check=check,
     )
+
+
+def stop_and_show(process: subprocess.Popen, tail: int = 4000) -> None:
+    """SIGTERM, a minute to finish, then SIGKILL; prints the end of its stderr, which pytest
+    shows with a failure."""
+    process.terminate()
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    print(err[-tail:])
