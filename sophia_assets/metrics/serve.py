@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg2
+import psycopg2.errors
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -137,6 +138,8 @@ class _PositionCollector(Collector):
         )
         try:
             families = self._read()
+        except psycopg2.errors.UndefinedTable:  # serve has not made the journals yet
+            families = []
         except psycopg2.Error as err:
             log.warning("metrics: cannot read the journal database: %s", _first_line(err))
             self._close()
