@@ -7,6 +7,9 @@ commit does not delay the next) for S seconds, and a poller asks the index (and 
 journal) every 5 milliseconds for the new ids: the time from a commit's return to the
 first poll that sees the row's vector is its commit-to-searchable latency.
 
+Then updates and deletes of the first rate's rows at that rate, timed the same way until the
+index holds the new title, or no longer holds the row.
+
 Baseline, measured in the same run: the capture's latency alone (commit to journal, polled
 the same way) plus the time to embed one document alone (median, the same embedder in this
 process, model loaded). Then a burst: N documents committed at once, and the time until all
@@ -57,6 +60,8 @@ class RateFigures:
 class LiveFigures:
     embed_one_ms: float
     rates: list[RateFigures] = field(default_factory=list)
+    updates: RateFigures | None = None
+    deletes: RateFigures | None = None
     burst_documents: int = 0
     burst_seconds: float = 0.0
     burst_raw_encode_seconds: float = 0.0
@@ -77,6 +82,12 @@ class LiveFigures:
             "max_rate_p99_under_100ms": max(under, default=0.0),
             "embed_one_ms": round(self.embed_one_ms, 2),
             "rates": [r.__dict__ for r in self.rates],
+            **{
+                f"{kind}_{name}": getattr(figures, name)
+                for kind, figures in (("update", self.updates), ("delete", self.deletes))
+                if figures
+                for name in ("p50_ms", "p99_ms", "max_ms")
+            },
             "burst_documents": self.burst_documents,
             "burst_seconds": round(self.burst_seconds, 3),
             "burst_raw_encode_seconds": round(self.burst_raw_encode_seconds, 3),
@@ -141,6 +152,7 @@ class Watcher:
         return seen, journaled
 
     def wait_all(self, timeout_s: float) -> None:
+        """Until every committed id is seen or `timeout_s` passes."""
         deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline:
             self.poll_once()
@@ -148,6 +160,32 @@ class Watcher:
                 if len(self.searchable) >= len(self.committed):
                     return
             time.sleep(POLL_S)
+
+
+class UpdateWatcher(Watcher):
+    """Sees a row once its vector carries the title `_updated_title` gave it."""
+
+    def _seen(self, waiting: list[int], unjournaled: list[int]) -> tuple[list[int], list[int]]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"SELECT split_part(id, ':', 1)::bigint FROM {INDEX_TABLE} WHERE id = ANY(%s) "
+                "AND metadata->>'title' = 'Updated ' || split_part(id, ':', 1)",
+                ([f"{i}:0" for i in waiting],),
+            )
+            return [row[0] for row in cur.fetchall()], []
+
+
+class DeleteWatcher(Watcher):
+    """Sees a row once the index no longer holds its vector."""
+
+    def _seen(self, waiting: list[int], unjournaled: list[int]) -> tuple[list[int], list[int]]:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"SELECT split_part(id, ':', 1)::bigint FROM {INDEX_TABLE} WHERE id = ANY(%s)",
+                ([f"{i}:0" for i in waiting],),
+            )
+            present = {row[0] for row in cur.fetchall()}
+        return [i for i in waiting if i not in present], []
 
 
 def _catalog_copy(directory: Path) -> Path:
@@ -188,10 +226,36 @@ def _insert(cur, doc_id: int, title: str, body: str) -> None:
 
 
 def _steady(url: str, corpus, rate: float, seconds: float, first_id: int) -> RateFigures:
-    watcher = Watcher(url)
+    def insert(cur, n: int) -> None:
+        doc = corpus[n % len(corpus)]
+        _insert(cur, first_id + n, doc.title, doc.body)
+
+    count = max(1, int(rate * seconds))
+    return _timed(url, Watcher(url), insert, rate, count, first_id)
+
+
+def _changed(url: str, kind: str, rate: float, count: int, first_id: int) -> RateFigures:
+    """Updates (a new title) or deletes of rows first_id.. at `rate`, timed to the index."""
+
+    def update(cur, n: int) -> None:
+        cur.execute(
+            "UPDATE public.documents SET title = %s WHERE id = %s",
+            (f"Updated {first_id + n}", first_id + n),
+        )
+
+    def delete(cur, n: int) -> None:
+        cur.execute("DELETE FROM public.documents WHERE id = %s", (first_id + n,))
+
+    if kind == "update":
+        return _timed(url, UpdateWatcher(url), update, rate, count, first_id)
+    return _timed(url, DeleteWatcher(url), delete, rate, count, first_id)
+
+
+def _timed(url: str, watcher: Watcher, write, rate: float, count: int, first_id: int):
+    """`write(cur, n)` for n in 0..count on an open-loop schedule at `rate`, each a
+    transaction of its own, while a poller times when `watcher` sees row first_id + n."""
     writer = psycopg2.connect(url)
     writer.autocommit = True
-    count = max(1, int(rate * seconds))
     stop = threading.Event()
 
     def poll() -> None:
@@ -209,8 +273,7 @@ def _steady(url: str, corpus, rate: float, seconds: float, first_id: int) -> Rat
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                doc = corpus[n % len(corpus)]
-                _insert(cur, first_id + n, doc.title, doc.body)
+                write(cur, n)
                 watcher.commit(first_id + n, time.perf_counter())
         stop.set()
         poller.join()
@@ -343,6 +406,11 @@ def run_live_bench(rates: list[float], seconds: float, burst: int, text: str) ->
                 figures.rates.append(_steady(url, corpus, rate, seconds, next_id))
                 next_id += int(rate * seconds) + 1
                 say(f"  {figures.rates[-1]}")
+            if rates:  # the first rate's rows, updated and then deleted at that rate
+                count = figures.rates[0].documents
+                for kind in ("update", "delete"):
+                    say(f"{count} {kind}s at {rates[0]:g}/s")
+                    setattr(figures, f"{kind}s", _changed(url, kind, rates[0], count, FIRST_ID))
             if burst:
                 say(f"burst of {burst} documents in one transaction")
                 figures.burst_documents = burst
@@ -374,6 +442,13 @@ def print_figures(figures: LiveFigures, as_json: bool) -> None:
             f" (capture alone p50 {r.capture_p50_ms:.1f} ms){', missing ' if r.missing else ''}"
             f"{r.missing or ''}"
         )
+    for kind, r in (("updates", figures.updates), ("deletes", figures.deletes)):
+        if r:
+            print(
+                f"{kind} at {r.rate_per_s:g}/s: {r.documents} rows, commit to index p50 "
+                f"{r.p50_ms:.1f} ms, p95 {r.p95_ms:.1f}, p99 {r.p99_ms:.1f}, max {r.max_ms:.1f}"
+                f"{', missing ' if r.missing else ''}{r.missing or ''}"
+            )
     if figures.rates and figures.floor_p50_ms:
         first = figures.rates[0]
         print(

@@ -52,6 +52,8 @@ CASES = {
             "max_ms",
             "floor_p50_ms",
             "max_rate_p99_under_100ms",
+            "update_p99_ms",
+            "delete_p99_ms",
         },
     ),
     "search": (["--documents", "200", "--queries", "50"], {"p50_ms", "p99_ms"}),
