@@ -43,7 +43,8 @@ def program() -> None:
     )
     values = chart_values(image)
     _code_server_policy(namespace.metadata["name"], values)
-    _monitoring(namespace.metadata["name"])
+    # Where Prometheus and Grafana run: a pod mounts ConfigMaps of its own namespace only.
+    _monitoring(config.get("monitoringNamespace") or "monitoring")
     release = k8s.helm.v3.Release(
         "dagster",
         chart="dagster",

@@ -1,7 +1,7 @@
 """The Prometheus Pushgateway that Dagster runs and the GPU janitor push their figures to,
-when `SOPHIA_PUSHGATEWAY_URL` is set (read at push time, never put in config or logs).
-Unset, nothing is pushed. A push that fails is logged and never fails the work that made
-the figures."""
+when `SOPHIA_PUSHGATEWAY_URL` is set (read at push time, never put in config or logs; a
+`user:password@` in it is sent as HTTP basic auth). Unset, nothing is pushed. A push that
+fails is logged by the kind of error only and never fails the work that made the figures."""
 
 from __future__ import annotations
 
@@ -32,13 +32,20 @@ class PushgatewayResource(dg.ConfigurableResource):
             return False
         try:
             push_figures(gateway, job, grouping, figures, self.timeout_s)
-        except OSError as err:  # URLError, refused, timed out: the gateway, not the work
+        except Exception as err:  # the gateway's trouble, never the work's
+            # Only the error's kind: its text may hold the URL, and the URL a password.
             log.warning(
-                "could not push %s figures to the Pushgateway (%s): %s; check %s",
+                "could not push %s figures to the Pushgateway (%s); check %s",
                 job,
-                type(err).__name__,
-                getattr(err, "reason", err),
+                _kind(err),
                 self.url_env,
             )
             return False
         return True
+
+
+def _kind(err: Exception) -> str:
+    """The error's class, and for a refused connection or an HTTP status its number."""
+    reason = getattr(err, "reason", None)
+    code = getattr(err, "code", None) or getattr(reason, "errno", None)
+    return f"{type(err).__name__} {code}" if code else type(err).__name__

@@ -160,7 +160,9 @@ def test_dagster_stack_provisions_the_dashboard_and_the_alert_rules() -> None:
     dashboard = maps["sophia-grafana-dashboard"]
     # the Grafana chart's sidecar picks up ConfigMaps with this label
     assert dashboard["metadata"]["labels"] == {"grafana_dashboard": "1"}
-    assert dashboard["metadata"]["namespace"] == "sophia"
+    # beside Prometheus and Grafana, which mount ConfigMaps of their own namespace only
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert maps["sophia-prometheus-rules"]["metadata"]["namespace"] == "monitoring"
     board = json.loads(dashboard["data"]["sophia.json"])
     assert board["uid"] == "sophia-data-path"
     assert list(_rows(board)) == DATA_PATH

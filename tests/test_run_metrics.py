@@ -68,14 +68,26 @@ def test_nothing_is_pushed_without_a_gateway(monkeypatch: pytest.MonkeyPatch) ->
     assert gateway.requests == []
 
 
-def test_a_gateway_that_is_down_never_fails_the_run(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_password_in_the_url_is_sent_as_basic_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    with LoopbackPushgateway(credentials=("pusher", "s3cret/@:x")) as gateway:
+        address = gateway.url.replace("http://", "http://pusher:s3cret%2F%40%3Ax@")
+        monkeypatch.setenv("SOPHIA_PUSHGATEWAY_URL", address)
+        assert _run().success
+    assert len(gateway.requests) == 2  # each step's group, accepted
+
+
+@pytest.mark.parametrize("userinfo", ["", "pusher:s3cret@", "pusher:s3cret@x:y@"])
+def test_a_gateway_that_fails_never_fails_the_run_nor_shows_the_url(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, userinfo: str
 ) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    monkeypatch.setenv("SOPHIA_PUSHGATEWAY_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("SOPHIA_PUSHGATEWAY_URL", f"http://{userinfo}127.0.0.1:{port}")
     result = _run()
     assert result.success
+    # the hook handled it: Dagster would record a hook that raised as HOOK_ERRORED
+    assert not [e for e in result.all_events if e.event_type_value == "HOOK_ERRORED"]
     assert "could not push sophia-runs figures" in caplog.text
     assert "SOPHIA_PUSHGATEWAY_URL" in caplog.text
+    assert "s3cret" not in caplog.text

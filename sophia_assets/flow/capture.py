@@ -47,17 +47,18 @@ class CaptureReport:
     collections: dict[str, CollectionFigures] = field(default_factory=dict)
     last_commit: Commit | None = None
 
+    # list(): a metrics scrape reads these while the writer's thread adds a collection.
     @property
     def documents(self) -> int:
-        return sum(c.documents for c in self.collections.values())
+        return sum(c.documents for c in list(self.collections.values()))
 
     @property
     def bytes(self) -> int:
-        return sum(c.bytes for c in self.collections.values())
+        return sum(c.bytes for c in list(self.collections.values()))
 
     @property
     def quarantined(self) -> int:
-        return sum(c.quarantined for c in self.collections.values())
+        return sum(c.quarantined for c in list(self.collections.values()))
 
 
 class CaptureRunner:

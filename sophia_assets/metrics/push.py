@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 
 @dataclass(frozen=True)
@@ -28,5 +31,28 @@ def push_figures(
     registry = CollectorRegistry()  # fresh: a group is replaced whole, never merged
     for name, figure in figures.items():
         Gauge(name, figure.help, registry=registry).set(figure.value)
-    push_to_gateway(gateway, job=job, registry=registry, grouping_key=dict(grouping),
-                    timeout=timeout_s)  # fmt: skip
+    address, handler = _address_and_handler(gateway)
+    push_to_gateway(
+        address,
+        job=job,
+        registry=registry,
+        grouping_key=dict(grouping),
+        timeout=timeout_s,
+        handler=handler,
+    )
+
+
+def _address_and_handler(gateway: str):
+    """A gateway URL's `user:password@` becomes HTTP basic auth: urllib would take it for
+    part of the host (and put the password in its error)."""
+    parts = urlsplit(gateway if "://" in gateway else f"http://{gateway}")
+    if parts.username is None:
+        return gateway, default_handler
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    address = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    handler = partial(
+        basic_auth_handler,
+        username=unquote(parts.username),
+        password=unquote(parts.password or ""),
+    )
+    return address, handler

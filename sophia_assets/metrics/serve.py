@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 SCRAPE_TIMEOUT_MS = 2000
+# A connect or a dead connection must not hang a scrape either (the server's statement
+# timeout cannot see those): give up within seconds and report the journal down.
+CONNECT_TIMEOUT_S = 2
+TCP_USER_TIMEOUT_MS = 3000
 
 
 @dataclass(frozen=True)
@@ -131,24 +136,30 @@ class _PositionCollector(Collector):
         self.journal_url = journal_url
         self.tasks = tasks
         self._conn = None
+        # Scrapes run on threads of their own (two Prometheus replicas, a curl beside
+        # one); they take turns on the one connection.
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "sophia_flow_journal_up", "1 when the last scrape could read the journal database."
         )
-        try:
-            families = self._read()
-        except psycopg2.errors.UndefinedTable:  # serve has not made the journals yet
-            families = []
-        except psycopg2.Error as err:
-            log.warning("metrics: cannot read the journal database: %s", _first_line(err))
-            self._close()
-            up.add_metric([], 0.0)
-            yield up
-            return
-        up.add_metric([], 1.0)
+        with self._lock:
+            try:
+                families = self._read()
+            except psycopg2.errors.UndefinedTable:  # serve has not made the journals yet
+                families = []
+            except psycopg2.Error as err:
+                # The kind only: an error's text may quote the connection string.
+                log.warning(
+                    "metrics: cannot read the journal database (%s)",
+                    err.pgcode or type(err).__name__,
+                )
+                self._close()
+                families = None
+        up.add_metric([], 0.0 if families is None else 1.0)
         yield up
-        yield from families
+        yield from families or []
 
     def _read(self) -> list[Metric]:
         head = GaugeMetricFamily(
@@ -205,7 +216,13 @@ class _PositionCollector(Collector):
     def _connection(self):
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(
-                self.journal_url, options=f"-c statement_timeout={SCRAPE_TIMEOUT_MS}"
+                self.journal_url,
+                options=f"-c statement_timeout={SCRAPE_TIMEOUT_MS}",
+                connect_timeout=CONNECT_TIMEOUT_S,
+                tcp_user_timeout=TCP_USER_TIMEOUT_MS,
+                keepalives_idle=10,
+                keepalives_interval=2,
+                keepalives_count=2,
             )
         return self._conn
 
@@ -233,8 +250,3 @@ def _age(cur, collection: str, offset: int, behind: int) -> float:
     )
     row = cur.fetchone()
     return max(0.0, float(row[0])) if row else 0.0
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

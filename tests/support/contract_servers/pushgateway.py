@@ -2,8 +2,10 @@
 pushgateway README): `PUT|POST|DELETE /metrics/job/<job>{/<label>/<value>}`, a label value
 written `<label>@base64/<urlsafe base64>` when it holds a `/`, bodies in the text
 exposition format. PUT replaces a group, POST replaces the pushed families in it, DELETE
-drops it. A body the text parser refuses gets 400, as the gateway answers. GET /metrics
-serves every group with its grouping labels, so a real Prometheus can scrape it."""
+drops it. A body the text parser refuses gets 400, as the gateway answers. With
+`credentials`, every request needs them as HTTP basic auth (the gateway's web config), else
+401. GET /metrics serves every group with its grouping labels, so a real Prometheus can
+scrape it."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def grouping_of(path: str) -> Group:
 
 
 class LoopbackPushgateway:
-    def __init__(self) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+        self.credentials = credentials
         self.groups: dict[Group, dict[str, list[Sample]]] = {}  # group -> family -> samples
         self.requests: list[tuple[str, Group]] = []
         self._lock = threading.Lock()
@@ -72,6 +75,9 @@ class LoopbackPushgateway:
                 self._answer(200, gateway._exposition().encode())
 
             def _push(self, replace: bool) -> None:
+                if not self._authorized():
+                    self._answer(401, b"Unauthorized")
+                    return
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
                 try:
                     group = grouping_of(self.path)
@@ -84,6 +90,13 @@ class LoopbackPushgateway:
                     kept = {} if replace else gateway.groups.get(group, {})
                     gateway.groups[group] = {**kept, **families}
                 self._answer(200, b"")
+
+            def _authorized(self) -> bool:
+                if gateway.credentials is None:
+                    return True
+                user, password = gateway.credentials
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                return self.headers.get("Authorization") == f"Basic {token}"
 
             def _answer(self, status: int, body: bytes) -> None:
                 self.send_response(status)
