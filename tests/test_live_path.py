@@ -5,6 +5,7 @@ after it, with nothing doubled or lost."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ from tests.support.cdc import catalog_copy, drop_database, flow_process, new_dat
 from tests.support.processes import stop_and_show
 
 INDEX = 'vectors."sophia-ai-vectors"'
+DERIVE = "derive:sophia/vector_updates"
 TIMEOUT_S = 120
 
 
@@ -156,6 +158,71 @@ def test_runs_take_the_tasks_over_and_serve_resumes_after(
     # serve, then the run, then serve again: each a new epoch.
     assert epochs["derive:sophia/vector_updates"] >= 3
     assert epochs["index:sophia-ai-vectors"] >= 3
+
+
+def test_a_gpu_tagged_run_takes_over_from_a_hung_serve_and_serve_resumes(
+    database: str, tmp_path: Path, shared_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Dagster run tagged for the GPU runner (here the local one: the Pipes entrypoint in a
+    subprocess, torch on the CPU) embeds a backlog while serve holds the derivation but has
+    stopped answering (SIGSTOP): the lease expires, the run takes it and embeds the whole
+    backlog, and serve, woken, takes the task back once the run lets go."""
+    import dagster as dg
+
+    from resources.embedder import EmbedderResource
+    from resources.gpu_runner import LocalGpuRunner
+    from resources.postgres import PostgresResource
+    from sophia_assets.assets.embeddings import vector_updates_asset
+    from sophia_assets.catalog.translator import FlowTranslator
+    from tests.support.cdc import load
+
+    ttl = {"SOPHIA_LEASE_TTL_S": "3"}
+    for name, value in ttl.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SOPHIA_POSTGRES_URL", database)
+    specs = catalog_copy(tmp_path, slot=f"gpu_{tmp_path.name[-12:].lower()}")
+    capture = flow_process(database, specs, "serve", "--captures-only")
+    tasks = flow_process(database, specs, "serve", env=ttl)  # its capture waits on the other
+    try:
+        sql(database, "INSERT INTO documents (id, title, body) VALUES (0, 'First', 'row')")
+        _until(lambda: "0:0" in _ids(database), tasks, "serve to take the tasks")
+        tasks.send_signal(signal.SIGSTOP)  # hung: holds its lease, renews nothing
+        corpus = load_corpus(shared_home / "cache")
+        _insert_backlog(database, corpus, range(1, 41))
+        _until(lambda: _captured(database) >= 41, capture, "the capture of the backlog")
+
+        catalog = load(specs)
+        updates = dg.AssetKey(["sophia", "vector_updates"])
+        spec = {s.key: s for s in FlowTranslator(catalog).build_specs()}[updates]
+        embedder = EmbedderResource()
+        asset = vector_updates_asset(catalog, spec, embedder.card().version)
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                [asset],
+                instance=instance,
+                tags={"sophia/runner": "gpu"},
+                resources={
+                    "postgres": PostgresResource(),
+                    "embedder": embedder,
+                    "gpu_runner": LocalGpuRunner(),
+                },
+            )
+        [materialization] = result.asset_materializations_for_node(asset.node_def.name)
+        assert materialization.metadata["embedded_documents"].value == 40  # the whole backlog
+
+        tasks.send_signal(signal.SIGCONT)
+        sql(database, "INSERT INTO documents (id, title, body) VALUES (99, 'After', 'the run')")
+        _until(lambda: "99:0" in _ids(database), tasks, "serve to resume after the run")
+        assert _doubled(database) == []  # no chunk embedded twice
+        assert {f"{n}:0" for n in range(41)} | {"99:0"} <= _ids(database)  # nor missed
+        [(epoch, kind)] = sql(
+            database, "SELECT epoch, kind FROM flow.leases WHERE task = %s", params=(DERIVE,)
+        )
+        assert epoch >= 3 and kind == "serve"  # serve, the run, serve again
+    finally:
+        tasks.send_signal(signal.SIGCONT)
+        for process in (tasks, capture):
+            stop_and_show(process)
 
 
 @pytest.mark.parametrize(
