@@ -16,6 +16,7 @@ from resources.postgres import PostgresResource
 
 if TYPE_CHECKING:
     from sophia_assets.catalog.model import Catalog
+    from sophia_assets.embedding.lag import EmbeddingLag
     from sophia_assets.flow.capture import CaptureReport
     from sophia_assets.flow.latency import LatencyFigures
     from sophia_assets.vectors.searchable import SearchableFigures
@@ -59,6 +60,19 @@ class FlowRuntimeResource(dg.ConfigurableResource):
                 if offsets is not None:
                     return latency_figures(cur, collection, offsets=offsets)
                 return latency_figures(cur, collection, window_minutes=self.latency_window_minutes)
+        finally:
+            conn.close()
+
+    def embedding_lag(self, source: str, derived: str) -> "EmbeddingLag":
+        """How far the derivation of `derived` is behind its source collection."""
+        from sophia_assets.embedding.lag import read_embedding_lag
+        from sophia_assets.flow import journal
+
+        conn = self.postgres.connect()
+        try:
+            journal.ensure_schema(conn)
+            with conn, conn.cursor() as cur:
+                return read_embedding_lag(cur, source, derived)
         finally:
             conn.close()
 

@@ -35,8 +35,11 @@ from dataclasses import dataclass
 import dagster as dg
 
 from resources.postgres import PostgresResource
+from sophia_assets.checks import cdc_latency, embedding_lag
 from sophia_assets.checks.searchable_latency import CHECK_NAME, verdict
+from sophia_assets.embedding.lag import EmbeddingLag
 from sophia_assets.embedding.live_progress import LiveProgress, read_live_progress
+from sophia_assets.flow.latency import LatencyFigures
 from sophia_assets.flow.tasks import derivation_task
 from sophia_assets.run_status import IN_FLIGHT
 
@@ -75,10 +78,20 @@ class Progress:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     journal: str = ""  # which journal: a new database or a reset journal gets a new one
+    window: LatencyFigures | None = None  # capture latency over the check's window
+
+    @property
+    def embedding_lag(self) -> EmbeddingLag:
+        behind = max(self.last_offset - self.derived_offset, 0)
+        return EmbeddingLag(behind, self.oldest_pending_age_s if behind else None)
 
 
 def read_progress(
-    postgres: PostgresResource, collection: str, derivation: str, reported: int
+    postgres: PostgresResource,
+    collection: str,
+    derivation: str,
+    reported: int,
+    window_minutes: float = 15.0,
 ) -> Progress:
     conn = postgres.connect()
     try:
@@ -108,6 +121,7 @@ def read_progress(
                 if last > reported
                 else None
             )
+            window = latency_figures(cur, collection, window_minutes=window_minutes)
     finally:
         conn.close()
     return Progress(
@@ -118,6 +132,7 @@ def read_progress(
         latency.p50_ms if latency else None,
         latency.p99_ms if latency else None,
         journal,
+        window,
     )
 
 
@@ -152,10 +167,12 @@ def build_estuary_sensor(
             cursor = json.loads(context.cursor)
         else:  # a new sensor or daemon: what the collection's materializations already say
             cursor = {"reported": _recorded_offset(context, collection_key)}
-        progress = read_progress(postgres, collection, derivation, cursor["reported"])
+        progress = read_progress(
+            postgres, collection, derivation, cursor["reported"], window_minutes
+        )
         if progress.last_offset < cursor["reported"]:  # the journal was reset: start over
             cursor = {"reported": -1}
-            progress = read_progress(postgres, collection, derivation, -1)
+            progress = read_progress(postgres, collection, derivation, -1, window_minutes)
         events = []
         if progress.last_offset > cursor["reported"]:
             metadata = {
@@ -173,11 +190,14 @@ def build_estuary_sensor(
                     description="reported by the Estuary sensor",
                 )
             )
+            events.append(_latency_evaluation(collection_key, progress.window, window_minutes))
             cursor["reported"] = progress.last_offset
         live = read_live_progress(
             postgres.connect, derivation, list(indexes.values()), window_minutes
         )
         events += _live_events(live, progress, cursor, derivation_key, indexes, window_minutes)
+        if events:  # the figures moved: the embedding lag is evaluated where it is reported
+            events.append(_lag_evaluation(derivation_key, progress.embedding_lag))
         request, reason = _embedding_request(
             context, progress, thresholds, embed_job.name, derivation_key, live.serving
         )
@@ -193,6 +213,29 @@ def build_estuary_sensor(
         )
 
     return _sensor
+
+
+def _latency_evaluation(
+    collection_key: dg.AssetKey, figures: LatencyFigures, window_minutes: float
+) -> dg.AssetCheckEvaluation:
+    """`capture_latency_p99` over the window, with the collection's runless report."""
+    passed, severity, metadata = cdc_latency.verdict(figures, window_minutes)
+    return _evaluation(collection_key, cdc_latency.CHECK_NAME, passed, severity, metadata)
+
+
+def _lag_evaluation(derivation_key: dg.AssetKey, lag: EmbeddingLag) -> dg.AssetCheckEvaluation:
+    passed, severity, metadata = embedding_lag.verdict(lag)
+    return _evaluation(derivation_key, embedding_lag.CHECK_NAME, passed, severity, metadata)
+
+
+def _evaluation(key, check_name, passed, severity, metadata) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=key,
+        check_name=check_name,
+        passed=passed,
+        severity=severity or dg.AssetCheckSeverity.ERROR,  # read only when it failed
+        metadata=metadata,
+    )
 
 
 def _journal_identity(cur, collection: str) -> str:
@@ -270,15 +313,7 @@ def _live_events(
             )
         )
         passed, severity, metadata = verdict(figures, window_minutes)
-        events.append(
-            dg.AssetCheckEvaluation(
-                asset_key=key,
-                check_name=CHECK_NAME,
-                passed=passed,
-                severity=severity or dg.AssetCheckSeverity.ERROR,
-                metadata=metadata,
-            )
-        )
+        events.append(_evaluation(key, CHECK_NAME, passed, severity, metadata))
         applied_reported[name] = applied
         cursor["applied"] = applied_reported
     return events

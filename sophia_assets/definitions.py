@@ -42,6 +42,7 @@ from sophia_assets.assets.stacks import stack_asset
 from sophia_assets.catalog import load_catalog
 from sophia_assets.catalog.translator import FlowTranslator
 from sophia_assets.checks.cdc_latency import latency_check
+from sophia_assets.checks.embedding_lag import embedding_lag_check
 from sophia_assets.checks.embeddings import consistency_check, coverage_check, dimension_check
 from sophia_assets.checks.images import dockerfile_check, matches_code_check
 from sophia_assets.checks.searchable_latency import searchable_latency_check
@@ -209,6 +210,12 @@ defs = dg.Definitions(
     asset_checks=[
         *(latency_check(key) for key in sorted(captured)),
         *(coverage_check(catalog, key) for key in sorted(embedded)),
+        *(
+            embedding_lag_check(
+                translator.collection_key(c.name), c.derivation.transforms[0].source
+            )
+            for c in derivations
+        ),
         *(
             check(key, source, index_name)
             for key, (source, index_name) in index_targets.items()

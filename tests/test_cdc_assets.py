@@ -1,4 +1,5 @@
-"""The capture as a Dagster asset, its latency check, and `sophia flow read`."""
+"""The capture as a Dagster asset, its latency check, the embedding-lag check on what the
+capture journaled, and `sophia flow read`."""
 
 from __future__ import annotations
 
@@ -91,6 +92,65 @@ def test_latency_check(source: str, tmp_path: Path, latencies, passed, severity)
     assert metadata["latency_documents"].value == 100
     assert metadata["latency_p99_ms"].value >= max(latencies)
     assert {"latency_p50_ms", "latency_p95_ms", "latency_max_ms", "latency_window"} <= set(metadata)
+
+
+def test_a_window_with_no_captured_change_warns(source: str, tmp_path: Path) -> None:
+    asset, check, resources = _definitions(tmp_path)
+    result = dg.materialize(
+        [asset, check], resources=resources, selection=dg.AssetSelection.checks(check)
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["note"].value == "no captured change in the window"
+
+
+@pytest.mark.parametrize(
+    ("ages_s", "embedded", "passed", "severity"),
+    [
+        ([2000.0, 1000.0], 1, True, None),  # caught up, however old its documents are
+        ([10.0, 5.0], -1, True, None),  # a young backlog: a run is on its way
+        ([400.0, 5.0], -1, False, dg.AssetCheckSeverity.WARN),
+        ([2000.0, 400.0, 5.0], 0, False, dg.AssetCheckSeverity.WARN),  # the oldest unembedded
+        ([1000.0, 5.0], -1, False, dg.AssetCheckSeverity.ERROR),
+    ],
+    ids=["caught-up", "young", "warn-over-5min", "warn-after-checkpoint", "fail-over-15min"],
+)
+def test_embedding_lag_check(
+    source: str, tmp_path: Path, ages_s, embedded: int, passed: bool, severity
+) -> None:
+    from sophia_assets.checks.embedding_lag import embedding_lag_check
+    from sophia_assets.flow.tasks import derivation_task
+
+    asset, _, resources = _definitions(tmp_path)
+    conn = __import__("psycopg2").connect(source)
+    journal.ensure_schema(conn)
+    conn.close()
+    sql(
+        source,
+        'INSERT INTO flow.journal (collection, "offset", key, document, commit_lsn, captured_at) '
+        "SELECT %s, n - 1, jsonb_build_array(n - 1), '{}', '0/1', "
+        "now() - make_interval(secs => age) FROM unnest(%s::float8[]) WITH ORDINALITY AS t(age, n)",
+        params=(COLLECTION, ages_s),
+    )
+    if embedded >= 0:
+        sql(
+            source,
+            "INSERT INTO flow.checkpoints (task, lsn, state) VALUES (%s, '0/0', %s)",
+            params=(derivation_task("sophia/vector_updates"), json.dumps({"offset": embedded})),
+        )
+    updates = dg.AssetSpec(["sophia", "vector_updates"], deps=[CDC_KEY])
+    check = embedding_lag_check(updates.key, COLLECTION)
+    result = dg.materialize(
+        [asset, updates, check], resources=resources, selection=dg.AssetSelection.checks(check)
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is passed
+    if severity is not None:
+        assert evaluation.severity == severity
+    behind = len(ages_s) - 1 - embedded
+    assert evaluation.metadata["embedding_lag_documents"].value == behind
+    oldest = ages_s[embedded + 1] if behind else 0.0
+    assert evaluation.metadata["embedding_lag_seconds"].value == pytest.approx(oldest, abs=30)
 
 
 def test_flow_read_prints_journal_and_reduced_view(source: str, tmp_path: Path) -> None:

@@ -44,6 +44,19 @@ def _insert(url: str, first: int, count: int) -> None:
     )
 
 
+def _materializations(result) -> list[dg.AssetMaterialization]:
+    return [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
+
+
+def _checks(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+    """The tick's check evaluations by (asset, check)."""
+    return {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in result.asset_events
+        if isinstance(e, dg.AssetCheckEvaluation)
+    }
+
+
 def _tick(sensor, instance, cursor=None):
     context = dg.build_sensor_context(
         instance=instance,
@@ -65,12 +78,20 @@ def test_reports_progress_and_requests_runs_by_batch_size(source, capture) -> No
         _insert(source, 1, 3)
         capture()
         first, cursor = _tick(sensor, instance)
-        (event,) = first.asset_events
+        (event,) = _materializations(first)
         assert event.asset_key == CDC_KEY and event.metadata["offset"].value == 2
         assert event.metadata["documents_since_last_tick"].value == 3
         assert event.metadata["embedding_lag_documents"].value == 3
         assert "latency_p99_ms" not in event.metadata  # backfilled rows are not changes
         assert first.run_requests == [] and json.loads(cursor) == {"reported": 2}
+        # The checks are evaluated where their figures are reported: no change captured in
+        # the window warns (no figure is not a pass); 3 documents just captured is no lag.
+        checks = _checks(first)
+        latency = checks[("sophia/postgresql_cdc", "capture_latency_p99")]
+        assert latency.passed is False and latency.severity == dg.AssetCheckSeverity.WARN
+        assert latency.metadata["note"].value == "no captured change in the window"
+        lag = checks[("sophia/vector_updates", "embedding_lag")]
+        assert lag.passed is True and lag.metadata["embedding_lag_documents"].value == 3
 
         quiet, cursor = _tick(sensor, instance, cursor)
         assert quiet.asset_events == [] and quiet.run_requests == []
@@ -81,6 +102,8 @@ def test_reports_progress_and_requests_runs_by_batch_size(source, capture) -> No
         third, cursor = _tick(sensor, instance, cursor)
         assert third.asset_events[0].metadata["documents_since_last_tick"].value == 3
         assert third.asset_events[0].metadata["latency_p99_ms"].value > 0
+        latency = _checks(third)[("sophia/postgresql_cdc", "capture_latency_p99")]
+        assert latency.metadata["latency_documents"].value == 3  # the 3 changes, now a figure
         (request,) = third.run_requests
         assert request.run_key.endswith(":0-5") and request.tags["sophia/runner"] == "local"
         assert request.asset_selection == [UPDATES_KEY]  # its own derivation, nothing else
@@ -106,7 +129,7 @@ def test_a_first_tick_does_not_report_what_a_run_already_recorded(source, captur
         _insert(source, 4, 1)
         capture()
         grown, _ = _tick(sensor, instance, cursor)
-        assert [e.metadata["offset"].value for e in grown.asset_events] == [3]
+        assert [e.metadata["offset"].value for e in _materializations(grown)] == [3]
 
 
 def test_a_reset_journal_is_reported_from_its_start(source, capture) -> None:
@@ -119,7 +142,7 @@ def test_a_reset_journal_is_reported_from_its_start(source, capture) -> None:
         _insert(source, 1, 3)
         capture()
         first, cursor = _tick(sensor, instance)
-        assert [e.metadata["offset"].value for e in first.asset_events] == [2]
+        assert [e.metadata["offset"].value for e in _materializations(first)] == [2]
         assert first.asset_events[0].metadata["documents_since_last_tick"].value == 3
 
 
@@ -272,21 +295,17 @@ def test_while_serve_holds_the_lease_it_reports_runless_and_requests_no_run(
                 "FROM generate_series(1, 3) g"
             )
         result, cursor = _tick(sensor, instance, cursor)
-        reported = {
-            e.asset_key: e.metadata
-            for e in result.asset_events
-            if isinstance(e, dg.AssetMaterialization)
-        }
+        reported = {e.asset_key: e.metadata for e in _materializations(result)}
         assert reported[UPDATES_KEY]["source_offset"].value == 2
         assert reported[UPDATES_KEY]["embedding_lag_documents"].value == 2
         assert reported[index_key]["applied_offset"].value == 1
         assert reported[index_key]["searchable_documents"].value == 3
-        (check,) = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
-        assert (check.asset_key, check.check_name, check.passed) == (
-            index_key,
-            "searchable_latency_p99",
-            True,
-        )
+        checks = _checks(result)
+        assert checks[("pinecone/sophia-ai-vectors", "searchable_latency_p99")].passed is True
+        assert set(checks) == {
+            ("pinecone/sophia-ai-vectors", "searchable_latency_p99"),
+            ("sophia/vector_updates", "embedding_lag"),
+        }
         assert result.run_requests == []
 
         result, cursor = _tick(sensor, instance, cursor)  # nothing moved: nothing reported
