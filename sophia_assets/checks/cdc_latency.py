@@ -5,6 +5,7 @@ is not a passing one."""
 import dagster as dg
 
 from resources.flow_runtime import FlowRuntimeResource
+from sophia_assets.checks.verdicts import Verdict, check_result, p99_verdict
 from sophia_assets.flow.latency import LatencyFigures
 
 CHECK_NAME = "capture_latency_p99"
@@ -12,25 +13,12 @@ FAIL_P99_MS = 100.0
 WARN_P99_MS = 25.0
 
 
-def verdict(
-    figures: LatencyFigures, window_minutes: float
-) -> tuple[bool, dg.AssetCheckSeverity | None, dict]:
-    """(passed, severity when not, metadata): the check's answer, for the check itself and for
-    the sensor that reports it with each runless materialization of the collection."""
-    metadata: dict = {
-        **figures.as_metadata(),
-        "window_minutes": window_minutes,
-        "fail_above_ms": FAIL_P99_MS,
-        "warn_above_ms": WARN_P99_MS,
-    }
-    if figures.p99_ms is None:
-        metadata["note"] = "no captured change in the window"
-        return False, dg.AssetCheckSeverity.WARN, metadata
-    if figures.p99_ms > FAIL_P99_MS:
-        return False, dg.AssetCheckSeverity.ERROR, metadata
-    if figures.p99_ms > WARN_P99_MS:
-        return False, dg.AssetCheckSeverity.WARN, metadata
-    return True, None, metadata
+def verdict(figures: LatencyFigures, window_minutes: float) -> Verdict:
+    """For the check itself and for the sensor's runless reports of the collection."""
+    return p99_verdict(
+        figures.as_metadata(), figures.p99_ms, window_minutes, FAIL_P99_MS, WARN_P99_MS,
+        "no captured change in the window",
+    )  # fmt: skip
 
 
 def latency_check(collection_key: dg.AssetKey) -> dg.AssetChecksDefinition:
@@ -45,9 +33,6 @@ def latency_check(collection_key: dg.AssetKey) -> dg.AssetChecksDefinition:
     )
     def _check(flow_runtime: FlowRuntimeResource) -> dg.AssetCheckResult:
         window = flow_runtime.latency_window_minutes
-        passed, severity, metadata = verdict(flow_runtime.latency(collection), window)
-        if passed:
-            return dg.AssetCheckResult(passed=True, metadata=metadata)
-        return dg.AssetCheckResult(passed=False, severity=severity, metadata=metadata)
+        return check_result(verdict(flow_runtime.latency(collection), window))
 
     return _check

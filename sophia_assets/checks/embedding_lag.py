@@ -6,6 +6,7 @@ fails (the freshness policy's warning line: the index is stale by then)."""
 import dagster as dg
 
 from resources.flow_runtime import FlowRuntimeResource
+from sophia_assets.checks.verdicts import Verdict, check_result
 from sophia_assets.embedding.lag import EmbeddingLag
 
 CHECK_NAME = "embedding_lag"
@@ -13,7 +14,7 @@ WARN_AGE_S = 300.0
 FAIL_AGE_S = 900.0
 
 
-def verdict(lag: EmbeddingLag) -> tuple[bool, dg.AssetCheckSeverity | None, dict]:
+def verdict(lag: EmbeddingLag) -> Verdict:
     """(passed, severity when not, metadata), for the check and for the Estuary sensor."""
     metadata: dict = {
         **lag.as_metadata(),
@@ -39,9 +40,6 @@ def embedding_lag_check(derived_key: dg.AssetKey, source: str) -> dg.AssetChecks
         "passes.",
     )
     def _check(flow_runtime: FlowRuntimeResource) -> dg.AssetCheckResult:
-        passed, severity, metadata = verdict(flow_runtime.embedding_lag(source, derived))
-        if passed:
-            return dg.AssetCheckResult(passed=True, metadata=metadata)
-        return dg.AssetCheckResult(passed=False, severity=severity, metadata=metadata)
+        return check_result(verdict(flow_runtime.embedding_lag(source, derived)))
 
     return _check

@@ -6,6 +6,7 @@ warns: no figure is not a passing one."""
 import dagster as dg
 
 from resources.flow_runtime import FlowRuntimeResource
+from sophia_assets.checks.verdicts import Verdict, check_result, p99_verdict
 from sophia_assets.vectors.searchable import SearchableFigures
 
 CHECK_NAME = "searchable_latency_p99"
@@ -13,25 +14,12 @@ FAIL_P99_MS = 1000.0
 WARN_P99_MS = 100.0
 
 
-def verdict(
-    figures: SearchableFigures, window_minutes: float
-) -> tuple[bool, dg.AssetCheckSeverity | None, dict]:
-    """(passed, severity when not, metadata): the check's answer, for the check itself and for
-    the sensor that reports it with each runless materialization of the index."""
-    metadata: dict = {
-        **figures.as_metadata(),
-        "window_minutes": window_minutes,
-        "fail_above_ms": FAIL_P99_MS,
-        "warn_above_ms": WARN_P99_MS,
-    }
-    if figures.p99_ms is None:
-        metadata["note"] = "no change became searchable in the window"
-        return False, dg.AssetCheckSeverity.WARN, metadata
-    if figures.p99_ms > FAIL_P99_MS:
-        return False, dg.AssetCheckSeverity.ERROR, metadata
-    if figures.p99_ms > WARN_P99_MS:
-        return False, dg.AssetCheckSeverity.WARN, metadata
-    return True, None, metadata
+def verdict(figures: SearchableFigures, window_minutes: float) -> Verdict:
+    """For the check itself and for the sensor's runless reports of the index."""
+    return p99_verdict(
+        figures.as_metadata(), figures.p99_ms, window_minutes, FAIL_P99_MS, WARN_P99_MS,
+        "no change became searchable in the window",
+    )  # fmt: skip
 
 
 def searchable_latency_check(index_key: dg.AssetKey, index_name: str) -> dg.AssetChecksDefinition:
@@ -44,9 +32,6 @@ def searchable_latency_check(index_key: dg.AssetKey, index_name: str) -> dg.Asse
     )
     def _check(flow_runtime: FlowRuntimeResource) -> dg.AssetCheckResult:
         window = flow_runtime.latency_window_minutes
-        passed, severity, metadata = verdict(flow_runtime.searchable(index_name), window)
-        if passed:
-            return dg.AssetCheckResult(passed=True, metadata=metadata)
-        return dg.AssetCheckResult(passed=False, severity=severity, metadata=metadata)
+        return check_result(verdict(flow_runtime.searchable(index_name), window))
 
     return _check
