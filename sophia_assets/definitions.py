@@ -193,20 +193,32 @@ resources = {
     "pushgateway": PushgatewayResource(),
 }
 
+# Global policy, applied once: every asset has an owner; what the catalog does not own (images,
+# stacks, secrets, the workflows, the GPUs) is the platform team's.
+PLATFORM_OWNER = "team:platform"
+
+
+def _owned(spec: dg.AssetSpec) -> dg.AssetSpec:
+    return spec if spec.owners else spec.replace_attributes(owners=[PLATFORM_OWNER])
+
+
 defs = dg.Definitions(
-    assets=[
-        *captures,
-        *derived,
-        *indexes,
-        *(spec for key, spec in specs.items() if key not in data_path),
-        *(image_asset(image) for image in images),
-        *([helm_values_asset(deployed.asset_key)] if deployed else []),
-        n8n_image_spec(),
-        *(stack_asset(stack) for stack in STACKS),
-        capture_login,
-        *workflow_specs(workflows),
-        *([gpu_instances_spec()] if lambda_configured else []),
-    ],
+    assets=dg.map_asset_specs(
+        _owned,
+        [
+            *captures,
+            *derived,
+            *indexes,
+            *(spec for key, spec in specs.items() if key not in data_path),
+            *(image_asset(image) for image in images),
+            *([helm_values_asset(deployed.asset_key)] if deployed else []),
+            n8n_image_spec(),
+            *(stack_asset(stack) for stack in STACKS),
+            capture_login,
+            *workflow_specs(workflows),
+            *([gpu_instances_spec()] if lambda_configured else []),
+        ],
+    ),
     asset_checks=[
         *(latency_check(key) for key in sorted(captured)),
         *(coverage_check(catalog, key) for key in sorted(embedded)),

@@ -127,7 +127,7 @@ def test_groups_kinds_owners_and_metadata(asset_graph) -> None:
     expected = {
         SOURCE: ("cdc", {"postgres"}, "flow_specs/source-postgres.flow.yaml"),
         CDC: ("cdc", {"estuary"}, "flow_specs/collections.flow.yaml"),
-        UPDATES: ("embeddings", {"estuary", "torch"}, "flow_specs/collections.flow.yaml"),
+        UPDATES: ("embeddings", {"estuary", "pytorch"}, "flow_specs/collections.flow.yaml"),
         INDEX: (
             "vector_index",
             {"pinecone", "pgvector"},
@@ -143,6 +143,10 @@ def test_groups_kinds_owners_and_metadata(asset_graph) -> None:
         assert node.owners == ["team:data-platform"], key
         assert node.metadata["flow/spec_file"] == spec_file, key
         assert node.description, key
+    # and nothing in the graph is nobody's: what the catalog does not own is the platform's
+    owners = {key: asset_graph.get(key).owners for key in asset_graph.get_all_asset_keys()}
+    assert all(owners.values()), [k for k, v in owners.items() if not v]
+    assert owners[dg.AssetKey(["infra", "dagster"])] == ["team:platform"]
     columns = asset_graph.get(CDC).metadata["dagster/column_schema"].columns
     assert [c.name for c in columns] == ["id", "title", "body", "updated_at", "_meta"]
     assert asset_graph.get(SOURCE).metadata["dagster/table_name"] == "public.documents"

@@ -92,7 +92,10 @@ class FlowTranslator:
             for t in (collection.derivation.transforms if collection.derivation else ())
         ]
         if collection.is_embedding_derivation:
-            group, kinds = "embeddings", {"estuary", "torch"}
+            group, kinds = (
+                "embeddings",
+                {"estuary", "pytorch"},
+            )  # the kind Dagster draws an icon for
         elif collection.derivation:
             group, kinds = "derivations", {"estuary"}
         else:
