@@ -172,6 +172,8 @@ automation = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=5,
+    description="Evaluates the assets' automation conditions every 5 s: the vector index "
+    "follows its vector updates (eager); nothing else here starts a run on its own.",
 )
 
 # -- resources ----------------------------------------------------------------------------------

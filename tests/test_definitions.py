@@ -304,3 +304,12 @@ def test_two_derivations_and_two_indexes_build_their_own_graph_and_sensors(
         assert f"sophia/{name}:embedding_coverage" in report["checks"]
     for index in ("sophia-ai-vectors", "sophia-comment-vectors"):
         assert f"pinecone/{index}:index_consistency" in report["checks"]
+
+
+def test_every_sensor_says_what_it_does() -> None:
+    from sophia_assets.definitions import defs
+
+    sensors = list(defs.sensors or [])
+    assert sensors and all(s.description for s in sensors), [
+        s.name for s in sensors if not s.description
+    ]
