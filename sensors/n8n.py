@@ -101,6 +101,14 @@ def workflow_specs(workflows: list[WorkflowAction]) -> list[dg.AssetSpec]:
     ]
 
 
+STOPPED = dg.DefaultSensorStatus.STOPPED
+NO_WORKFLOWS = (
+    "No n8n workflows are configured, so this sensor is stopped: list them in "
+    "sensors/n8n_workflows.yaml (or the file SOPHIA_N8N_WORKFLOWS names), each with the action "
+    "a successful execution starts."
+)
+
+
 def build_n8n_sensor(
     workflows: list[WorkflowAction], jobs: list, minimum_interval_seconds: int = 15
 ) -> dg.SensorDefinition:
@@ -110,10 +118,15 @@ def build_n8n_sensor(
         name="n8n_executions",
         jobs=jobs,
         minimum_interval_seconds=minimum_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Executions of the workflows in sensors/n8n_workflows.yaml.",
+        # With nothing to watch it is stopped, and says so where the UI lists sensors.
+        default_status=dg.DefaultSensorStatus.RUNNING if workflows else STOPPED,
+        description="Executions of the workflows in sensors/n8n_workflows.yaml."
+        if workflows
+        else NO_WORKFLOWS,
     )
     def _sensor(context: dg.SensorEvaluationContext, n8n: N8nResource):
+        if not workflows:
+            return dg.SkipReason(NO_WORKFLOWS)
         cursor = json.loads(context.cursor) if context.cursor else {}
         started = time.monotonic()
         events, requests, notes = [], [], []

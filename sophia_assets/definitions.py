@@ -158,7 +158,7 @@ estuary_sensors = [
     )
     for c in derivations
 ]
-# n8n workflows from sensors/n8n_workflows.yaml: external assets, and a sensor when any.
+# n8n workflows from sensors/n8n_workflows.yaml: external assets, and the sensor watching them.
 workflows = load_workflows(
     images=[image.name for image in images], stacks=[stack.name for stack in STACKS]
 )
@@ -253,7 +253,7 @@ defs = dg.Definitions(
     schedules=[rotate_secrets_schedule],
     sensors=[
         *estuary_sensors,
-        *([build_n8n_sensor(workflows, actions)] if workflows else []),
+        build_n8n_sensor(workflows, actions),  # stopped, saying why, when none is listed
         *([build_janitor_sensor()] if lambda_configured else []),
         automation,
     ],

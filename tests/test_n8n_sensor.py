@@ -226,3 +226,15 @@ def test_unreachable_n8n_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch) 
         )
         result = sensor.evaluate_tick(context)
     assert result.skip_message.startswith("n8n: ") and result.run_requests == []
+
+
+def test_without_workflows_the_sensor_is_stopped_and_says_why() -> None:
+    sensor = build_n8n_sensor([], [])
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert "sensors/n8n_workflows.yaml" in sensor.description
+    # started by hand anyway, it asks n8n nothing and says why it skipped
+    context = dg.build_sensor_context(
+        resources={"n8n": N8nResource(base_url="http://127.0.0.1:1")}  # never reached
+    )
+    result = sensor.evaluate_tick(context)
+    assert result.run_requests == [] and "No n8n workflows are configured" in result.skip_message
