@@ -98,3 +98,24 @@ def test_a_release_by_a_writer_that_lost_the_lease_frees_nothing(connect) -> Non
     assert a is not None and b is not None
     leases.release(a_conn, a)
     assert leases.holder_of(b_conn, TASK) == ("serve:b", leases.SERVE)
+
+
+def test_a_holder_frozen_mid_transaction_loses_its_locks_to_the_server(url: str) -> None:
+    """Under `sophia flow serve`'s options, a transaction left idle past the TTL (the floor,
+    10 s) is ended by the server, so what waited on its locks (here `ensure_schema`'s
+    CREATE INDEX IF NOT EXISTS behind a write to the journal) goes on."""
+    holder = psycopg2.connect(url, options=leases.stalled_transaction_options(1.0))
+    with holder.cursor() as cur:  # a write, then silence: the process froze
+        cur.execute(
+            'INSERT INTO flow.journal (collection, "offset", key, document, commit_lsn) '
+            "VALUES ('x', 0, '[0]', '{}', '0/1')"
+        )
+    waiter = psycopg2.connect(url, options="-c statement_timeout=60000")  # never forever
+    try:
+        journal.ensure_schema(waiter)  # waits for the holder's lock, then goes through
+    finally:
+        waiter.close()
+    ended = pytest.raises(psycopg2.OperationalError, match="server closed the connection")
+    with ended, holder.cursor() as cur:
+        cur.execute("SELECT 1")
+    holder.close()

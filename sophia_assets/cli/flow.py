@@ -92,6 +92,7 @@ def serve_captures(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    _end_stalled_transactions()
     from sophia_assets.cli import serve_metrics
     from sophia_assets.postgres.embedded_server import postgres_url
 
@@ -138,6 +139,17 @@ def serve_captures(args: argparse.Namespace) -> int:
         print(f"sophia flow serve: stopped because {', '.join(died)} died", file=sys.stderr)
         return 1
     return 0
+
+
+def _end_stalled_transactions() -> None:
+    """Every connection of this process (libpq reads PGOPTIONS) asks the server to end a
+    transaction left idle past the lease TTL, so a frozen serve blocks no one."""
+    import os
+
+    from sophia_assets.flow.leases import stalled_transaction_options, ttl_from_environment
+
+    options = stalled_transaction_options(ttl_from_environment())
+    os.environ["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} {options}".strip()
 
 
 def read_collection(args: argparse.Namespace) -> int:

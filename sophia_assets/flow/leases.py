@@ -42,6 +42,15 @@ def ttl_from_environment() -> float:
     return float(os.environ.get("SOPHIA_LEASE_TTL_S", DEFAULT_TTL_S))
 
 
+def stalled_transaction_options(ttl_s: float) -> str:
+    """libpq options (PGOPTIONS) under which the server ends a session whose transaction sits
+    idle longer than the TTL: a holder that freezes mid-transaction (stopped, swapped out)
+    then loses its locks about when it loses its lease, instead of blocking every writer and
+    `ensure_schema` behind it until it wakes. At least 10 s, so the Python work between a
+    batch's statements always has room."""
+    return f"-c idle_in_transaction_session_timeout={int(max(ttl_s, 10.0) * 1000)}"
+
+
 def new_owner(kind: str) -> str:
     """A name for this process and attempt, readable in `flow.leases`."""
     return f"{kind}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
