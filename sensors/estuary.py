@@ -39,7 +39,7 @@ from sophia_assets.checks import cdc_latency, embedding_lag
 from sophia_assets.checks.searchable_latency import CHECK_NAME, verdict
 from sophia_assets.embedding.lag import EmbeddingLag
 from sophia_assets.embedding.live_progress import LiveProgress, read_live_progress
-from sophia_assets.flow.latency import LatencyFigures
+from sophia_assets.flow.latency import LatencyFigures, latency_figures
 from sophia_assets.flow.tasks import derivation_task
 from sophia_assets.run_status import IN_FLIGHT
 
@@ -78,7 +78,7 @@ class Progress:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     journal: str = ""  # which journal: a new database or a reset journal gets a new one
-    window: LatencyFigures | None = None  # capture latency over the check's window
+    window: LatencyFigures | None = None  # capture latency over the window, when it grew
 
     @property
     def embedding_lag(self) -> EmbeddingLag:
@@ -114,14 +114,13 @@ def read_progress(
             )
             last, age, new = cur.fetchone()
             journal = _journal_identity(cur, collection)
-            from sophia_assets.flow.latency import latency_figures
-
+            grown = last > reported  # only then is the collection reported, with its check
             latency = (
-                latency_figures(cur, collection, offsets=(reported + 1, last))
-                if last > reported
-                else None
+                latency_figures(cur, collection, offsets=(reported + 1, last)) if grown else None
             )
-            window = latency_figures(cur, collection, window_minutes=window_minutes)
+            window = (
+                latency_figures(cur, collection, window_minutes=window_minutes) if grown else None
+            )
     finally:
         conn.close()
     return Progress(
